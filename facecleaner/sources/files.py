@@ -1,0 +1,106 @@
+"""Sources whose samples are image files: identity-folder trees and Parquet/CSV manifests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from facecleaner.errors import InputError
+from facecleaner.sources.base import BASE_COLUMNS
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff", ".gif"})
+
+
+class FileSource:
+    """Samples stored as files; ``path`` in the table is what the user wrote, ``_resolved`` what we open."""
+
+    def __init__(self, table: pd.DataFrame, resolved: list[str], description: str) -> None:
+        self._table = table
+        self._resolved = resolved
+        self.description = description
+
+    def table(self) -> pd.DataFrame:
+        return self._table
+
+    def read_bytes(self, index: int) -> bytes:
+        with open(self._resolved[index], "rb") as handle:
+            return handle.read()
+
+    def resolved_path(self, index: int) -> str:
+        """The absolute path of sample ``index`` (what exports link or copy)."""
+        return self._resolved[index]
+
+
+def open_identity_folders(root: Path) -> FileSource:
+    """``<root>/<identity>/<image>``: one class per sub-folder, images sorted by name for a stable order."""
+    paths: list[str] = []
+    labels: list[str] = []
+    for identity in sorted(entry for entry in os.scandir(root) if entry.is_dir()):
+        for dirpath, dirnames, filenames in os.walk(identity.path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    paths.append(os.path.relpath(os.path.join(dirpath, name), root))
+                    labels.append(identity.name)
+    if not paths:
+        raise InputError(f"no images found under {root}",
+                         "DATA must hold one folder per identity with image files inside (<root>/<identity>/<image>)")
+    table = pd.DataFrame({"path": pd.array(paths, dtype="string"),
+                          "rec_index": pd.array([None] * len(paths), dtype="Int64"),
+                          "label": pd.array(labels, dtype="string")})
+    resolved = [os.path.join(root, p) for p in paths]
+    return FileSource(table, resolved, f"identity folders at {root}")
+
+
+def open_manifest(path: Path) -> FileSource:
+    """A Parquet or CSV manifest with ``path,label`` columns; relative paths resolve against its folder."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            frame = pq.read_table(path).to_pandas(types_mapper=_nullable_types)
+        else:
+            frame = pd.read_csv(path, dtype={"path": "string"}, keep_default_na=False, na_values=[""])
+            frame = frame.convert_dtypes()
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read manifest {path}: {exc}".splitlines()[0],
+                         "give a Parquet or CSV file with columns path,label") from exc
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise InputError(f"manifest {path} has no column {', '.join(repr(c) for c in missing)} "
+                         f"(columns: {', '.join(map(str, frame.columns))})",
+                         "a manifest needs a 'path' column (image file) and a 'label' column (identity)")
+    if frame.empty:
+        raise InputError(f"manifest {path} has no rows", "give a manifest with at least one image")
+    labels = frame["label"]
+    if labels.isna().any():
+        bad = int(labels.isna().to_numpy().nonzero()[0][0])
+        raise InputError(f"manifest {path} has an empty label in row {bad} "
+                         f"({int(labels.isna().sum())} rows in all)",
+                         "give every row a label, or remove the unlabelled rows")
+    if pd.api.types.is_float_dtype(labels.dtype):
+        raise InputError(f"manifest {path} has fractional labels", "labels must be integers or strings")
+    if not pd.api.types.is_integer_dtype(labels.dtype):
+        labels = labels.astype("string")
+    base = path.parent
+    raw_paths = frame["path"].astype("string")
+    resolved = [os.path.join(base, p) if isinstance(p, str) else "" for p in raw_paths.tolist()]
+    table = pd.DataFrame({"path": raw_paths,
+                          "rec_index": pd.array([None] * len(frame), dtype="Int64"),
+                          "label": labels.reset_index(drop=True)})
+    extras = [c for c in frame.columns if c not in BASE_COLUMNS]
+    for column in extras:
+        table[column] = frame[column].reset_index(drop=True)
+    return FileSource(table, resolved, f"manifest {path}")
+
+
+def _nullable_types(arrow_type):  # noqa: ANN001 - pyarrow's types_mapper signature
+    """Keep integer columns with nulls integer and strings as pandas strings when reading Parquet."""
+    import pyarrow as pa
+
+    if pa.types.is_integer(arrow_type):
+        return pd.Int64Dtype()
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pd.StringDtype()
+    return None

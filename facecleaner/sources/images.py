@@ -1,0 +1,59 @@
+"""Decoding: encoded bytes in any common format → an RGB uint8 array of the model's input size.
+
+Everything that can go wrong with one image becomes an ``UnreadableImage`` with a short reason, so a
+corrupt file is recorded in the manifest instead of ending a long run.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# A web crawl holds some absurdly large images; refuse those rather than exhausting memory.
+MAX_PIXELS = 100_000_000
+
+
+class UnreadableImage(Exception):
+    """One sample's bytes are missing, empty or not a decodable image; ``str()`` is the reason."""
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Decode ``data`` to a ``size``×``size``×3 uint8 RGB array (greyscale, CMYK, RGBA, 16-bit handled)."""
+    if not data:
+        raise UnreadableImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise UnreadableImage(f"image too large ({image.width}x{image.height})")
+            if image.format == "JPEG":
+                image.draft("RGB", (size, size))
+            image.load()
+            rgb = _to_rgb(image)
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except UnreadableImage:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as exc:
+        raise UnreadableImage(f"cannot decode image: {exc}".splitlines()[0][:200]) from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB view of any pillow mode; 16/32-bit greyscale is rescaled to 8 bits rather than clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = np.zeros_like(values) if high <= low else (values - low) * (255.0 / (high - low))
+        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
