@@ -36,7 +36,7 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
             rgb = _to_rgb(image)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
+            return np.array(rgb, dtype=np.uint8)
     except UnreadableImage:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,

@@ -1,0 +1,208 @@
+"""The public API: each CLI subcommand's whole job as a function; the only module wiring layers together.
+
+Every function validates its inputs before heavy work, raises :class:`facecleaner.errors.FaceCleanerError`
+for anything the user can fix, and returns a JSON-ready summary (also saved as ``summary.json`` by train).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from facecleaner.config import TrainConfig, load_config, resolve, save_config
+from facecleaner.errors import CheckpointError, InputError, PruneRefused, TooManyBadSamples
+from facecleaner.manifests.io import manifest_metadata, read_manifest, sibling, write_manifest
+from facecleaner.manifests.schema import NEW_LABEL, REASON, REASONS, STATUS_OK
+from facecleaner.progress import logger
+from facecleaner.sources import open_source, table_fingerprint
+from facecleaner.sources.labels import encode_labels, lookup_labels
+
+DEFAULT_ANGLE = 75.0
+SUMMARY_FILE = "summary.json"
+
+
+def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Train a sub-center ArcFace model on ``data``; writes ``out/model.pt`` and returns the summary."""
+    from facecleaner.model.checkpoint import CHECKPOINT_FILE, MODEL_FILE, ModelSpec
+    from facecleaner.training.loop import train_model
+
+    run_dir = Path(out)
+    config = config or TrainConfig()
+    config.validate()
+    source = open_source(data)
+    table = source.table()
+    class_index, classes = encode_labels(table["label"])
+    if len(classes) < 2:
+        raise InputError(f"{source.description} has only one identity",
+                         "training separates identities: give a dataset with at least two")
+    fingerprint = table_fingerprint(table)
+    config_file = run_dir / "config.json"
+    if resume:
+        if not (run_dir / CHECKPOINT_FILE).is_file():
+            raise CheckpointError(f"{run_dir} has no {CHECKPOINT_FILE} to resume from",
+                                  "start the run without --resume")
+        saved = json.loads(config_file.read_text())
+        if saved.get("input_fingerprint") != fingerprint:
+            raise CheckpointError(f"{data} is not the dataset {run_dir} was trained on",
+                                  "resume with the same DATA, or start a new run in another --out")
+        resolved = replace(load_config(config_file), epochs=config.epochs or load_config(config_file).epochs)
+    else:
+        if (run_dir / CHECKPOINT_FILE).exists() or (run_dir / MODEL_FILE).exists():
+            raise InputError(f"{run_dir} already holds a run",
+                             "pass --resume to continue it, or choose another --out")
+        resolved = resolve(config, len(table), len(classes))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    save_config(resolved, config_file, {"input_fingerprint": fingerprint, "input": source.description,
+                                         "samples": len(table), "classes": len(classes)})
+    spec = ModelSpec(backbone=resolved.backbone, embedding_size=resolved.embedding_size,
+                     image_size=resolved.image_size, subcenters=resolved.subcenters, scale=resolved.scale,
+                     margin=resolved.margin, classes=classes)
+    logger.info("training %s on %d samples of %d identities (%s, %s, %d epochs, scale %.1f)", resolved.backbone,
+                len(table), len(classes), resolved.device, resolved.precision, resolved.epochs, resolved.scale)
+    result = train_model(source, class_index, spec, resolved, run_dir, resume=resume, progress=progress)
+    summary = {**asdict(result), "config": asdict(resolved)}
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if result.warning:
+        logger.warning("%s", result.warning)
+    return summary
+
+
+def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 256, device: str = "auto",
+          precision: str = "auto", workers: int | None = None, embeddings: str | Path | None = None,
+          max_bad_fraction: float = 0.01, progress: bool = True) -> dict[str, Any]:
+    """Write the scores manifest of ``data`` under the model in ``run_dir``; returns the summary."""
+    from facecleaner.config import default_workers
+    from facecleaner.model.checkpoint import load_model
+    from facecleaner.model.runtime import resolve_device, resolve_precision
+    from facecleaner.scoring.measure import classes_table, measure, scores_table, summarize
+    from facecleaner.sources.dataset import DecodedImages
+
+    if batch_size < 1:
+        raise InputError("--batch-size must be at least 1", "give a positive batch size")
+    model = load_model(Path(run_dir))
+    source = open_source(data)
+    table = source.table()
+    spec = model.spec
+    class_index = lookup_labels(table["label"], spec.classes)
+    unknown = class_index < 0
+    if unknown.any():
+        examples = ", ".join(repr(v) for v in table["label"][unknown].unique()[:5].tolist())
+        raise InputError(f"{int(unknown.sum())} samples have labels the model was not trained on ({examples})",
+                         "score the dataset the model was trained on, or train on this one first")
+    torch_device = resolve_device(device)
+    chosen_precision = resolve_precision(precision, torch_device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    embeddings_store = _open_embeddings(embeddings, len(table), spec.embedding_size)
+    dataset = DecodedImages(source, spec.image_size)
+    raw = measure(model.backbone, model.head, dataset, class_index, torch_device, chosen_precision, batch_size,
+                  default_workers(torch_device) if workers is None else workers, progress,
+                  embeddings_store[0] if embeddings_store else None)
+    unreadable = int((~raw.readable).sum())
+    if unreadable > max_bad_fraction * len(table):
+        raise TooManyBadSamples(f"{unreadable} of {len(table)} samples are unreadable "
+                                f"(more than --max-bad-fraction {max_bad_fraction})",
+                                "fix or remove the broken files, or raise --max-bad-fraction")
+    scores = summarize(raw, class_index, len(spec.classes))
+    manifest = scores_table(table, class_index, scores)
+    meta = manifest_metadata(
+        "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
+                         "scale": spec.scale, "embedding_size": spec.embedding_size, "image_size": spec.image_size},
+        num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
+        input_fingerprint=table_fingerprint(table))
+    write_manifest(out, manifest, meta)
+    write_manifest(sibling(out, "classes"),
+                   classes_table(class_index, manifest["label"].combine_chunks(), raw.readable, scores.nearest,
+                                 scores.dominant[class_index], spec.subcenters), meta | {"kind": "classes"})
+    if embeddings_store:
+        embeddings_store[0].flush()
+        Path(embeddings_store[1]).replace(embeddings)
+    angles = scores.angle[raw.readable]
+    summary = {
+        "scores": str(out), "samples": len(table), "classes": len(spec.classes), "unreadable": unreadable,
+        "median_angle": float(np.median(angles)) if len(angles) else math.nan,
+        "over_75": int((angles > DEFAULT_ANGLE).sum()),
+        "non_dominant": int((scores.nearest[raw.readable] != scores.dominant[class_index][raw.readable]).sum()),
+        "device": str(torch_device), "precision": chosen_precision,
+    }
+    if len(angles) and summary["median_angle"] > DEFAULT_ANGLE:
+        logger.warning("median angle %.0f° is over %.0f°: the model has not separated the classes, and pruning "
+                       "at %.0f° would drop most samples; retrain (see `facecleaner train --help`)",
+                       summary["median_angle"], DEFAULT_ANGLE, DEFAULT_ANGLE)
+    return summary
+
+
+def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dropped: str | Path | None = None,
+          drop_non_dominant: bool = False, min_images: int = 1, max_drop_fraction: float = 0.5,
+          force: bool = False) -> dict[str, Any]:
+    """Split a scores manifest into clean (with ``new_label``) and dropped (with ``reason``) manifests."""
+    from facecleaner.pruning.rules import decide
+    from facecleaner.scoring.measure import classes_table
+
+    if not 0.0 < angle < 180.0:
+        raise InputError(f"--angle {angle} is outside (0, 180) degrees", "the paper's threshold is 75")
+    if min_images < 1:
+        raise InputError("--min-images must be at least 1", "give a positive number")
+    if not 0.0 <= max_drop_fraction <= 1.0:
+        raise InputError("--max-drop-fraction must be in [0, 1]", "the default is 0.5")
+    table, meta = read_manifest(Path(scores), "scores")
+    class_index = table["class_index"].to_numpy()
+    readable = pc.equal(table["status"], STATUS_OK).to_numpy(zero_copy_only=False)
+    is_dominant = pc.fill_null(table["is_dominant"], False).to_numpy(zero_copy_only=False)
+    angles = table["angle"].to_numpy(zero_copy_only=False)
+    num_classes = int(meta.get("num_classes", int(class_index.max()) + 1 if len(class_index) else 0))
+    decision = decide(class_index, readable, is_dominant, angles, num_classes, angle, drop_non_dominant, min_images)
+    keep = decision.keep
+    dropped_count = int((~keep).sum())
+    if dropped_count > max_drop_fraction * len(keep) and not force:
+        median = float(np.nanmedian(angles)) if readable.any() else math.nan
+        raise PruneRefused(
+            f"this rule would drop {dropped_count} of {len(keep)} samples ({dropped_count / max(len(keep), 1):.0%}, "
+            f"over --max-drop-fraction {max_drop_fraction}); the median angle is {median:.0f}°, which usually means "
+            "the model did not converge rather than that the data is mostly noise",
+            "check the training metrics and retrain, or pass --force to drop them anyway")
+    rule = "drop_non_dominant" if drop_non_dominant else "paper"
+    out = Path(out)
+    dropped_path = Path(dropped) if dropped else out.with_name(f"{out.stem}.dropped.parquet")
+    base_meta = {key: meta[key] for key in ("model", "checkpoint_sha256", "input_fingerprint", "num_classes")
+                 if key in meta}
+    base_meta |= {"angle_threshold": angle, "rule": rule, "min_images": min_images, "scores": str(scores)}
+    keep_mask = pa.array(keep)
+    clean = table.filter(keep_mask)
+    clean = clean.append_column(NEW_LABEL, pa.array(decision.new_label[keep]))
+    reasons = np.array(REASONS, dtype=object)[decision.reason[~keep]]
+    removed = table.filter(pc.invert(keep_mask)).append_column(REASON, pa.array(reasons, type=pa.string()))
+    write_manifest(out, clean, manifest_metadata("clean", **base_meta))
+    write_manifest(dropped_path, removed, manifest_metadata("dropped", **base_meta))
+    nearest = pc.fill_null(table["nearest_subcenter"], 0).to_numpy(zero_copy_only=False)
+    subcenters = int(meta.get("model", {}).get("subcenters", int(nearest.max()) + 1 if len(nearest) else 1))
+    classes = classes_table(class_index, table["label"].combine_chunks(), readable, nearest,
+                            table["dominant_subcenter"].to_numpy(), subcenters, decision.kept_per_class,
+                            decision.class_new_label)
+    write_manifest(sibling(out, "classes"), classes, manifest_metadata("classes", **base_meta))
+    by_reason = {name: int((decision.reason == code).sum()) for code, name in enumerate(REASONS)}
+    kept_classes = int((decision.class_new_label >= 0).sum())
+    return {"clean": str(out), "dropped": str(dropped_path), "samples": len(keep), "kept": int(keep.sum()),
+            "dropped_samples": dropped_count, "by_reason": by_reason, "classes": int(len(np.unique(class_index))),
+            "classes_kept": kept_classes, "angle": angle, "rule": rule}
+
+
+def _open_embeddings(path: str | Path | None, rows: int, dim: int) -> tuple[np.memmap, str] | None:
+    """A float16 .npy memmap at a temporary name beside ``path`` (renamed once scoring succeeds)."""
+    if path is None:
+        return None
+    target = Path(path)
+    if target.suffix != ".npy":
+        raise InputError(f"--embeddings {target} must end in .npy", "embeddings are saved as a float16 NumPy array")
+    tmp = target.with_name(f".{target.name}.tmp.npy")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(rows, dim)), str(tmp)

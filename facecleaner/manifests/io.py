@@ -1,0 +1,78 @@
+"""Write manifests atomically in row-group batches; read them back only if they are ours."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from facecleaner import __version__
+from facecleaner.errors import InputError
+from facecleaner.manifests.schema import METADATA_KEY, SCHEMA_VERSION
+
+ROW_GROUP_ROWS = 1 << 20
+
+
+def manifest_metadata(kind: str, **fields: Any) -> dict[str, Any]:
+    """The JSON stored under the ``facecleaner`` key: kind, versions, creation time, plus what the caller adds."""
+    return {"kind": kind, "schema_version": SCHEMA_VERSION, "facecleaner_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields}
+
+
+def write_manifest(path: Path, table: pa.Table, metadata: dict[str, Any]) -> None:
+    """Write ``table`` to ``path`` via a temporary file in the same folder, row group by row group."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = table.schema.with_metadata({**(table.schema.metadata or {}),
+                                         METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for batch in table.cast(schema).to_batches(max_chunksize=ROW_GROUP_ROWS):
+                writer.write_batch(batch)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The ``facecleaner`` metadata of a Parquet file; InputError if it is missing or not Parquet."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist", "give a manifest written by facecleaner")
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path} is not a Parquet file", "give a manifest written by facecleaner") from exc
+    if METADATA_KEY not in raw:
+        raise InputError(f"{path} is not a facecleaner manifest (no '{METADATA_KEY.decode()}' metadata)",
+                         "give a file written by `facecleaner score` or `facecleaner prune`")
+    return json.loads(raw[METADATA_KEY])
+
+
+def read_manifest(path: Path, kind: str, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, Any]]:
+    """Read a manifest of the expected ``kind`` (e.g. "scores"), checking the schema version."""
+    meta = read_metadata(path)
+    if meta.get("kind") != kind:
+        raise InputError(f"{path} is a {meta.get('kind', 'unknown')} manifest, not a {kind} manifest",
+                         f"give the {kind} file (e.g. the output of `facecleaner "
+                         f"{'score' if kind == 'scores' else 'prune'}`)")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"{path} has manifest schema version {meta.get('schema_version')}, "
+                         f"this facecleaner reads version {SCHEMA_VERSION}",
+                         "rerun the step that wrote it with this version")
+    return pq.read_table(path, columns=columns), meta
+
+
+def sibling(path: Path, suffix: str) -> Path:
+    """``clean.parquet`` → ``clean.classes.parquet``: the per-class table that sits beside a manifest."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{suffix}.parquet")

@@ -1,0 +1,1 @@
+"""Pruning: thresholds applied to scores, pure and vectorised (scoring never decides, pruning never measures)."""

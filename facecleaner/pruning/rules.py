@@ -1,0 +1,52 @@
+"""The drop rule of Sub-center ArcFace, applied to whole columns at once.
+
+Paper rule (default): drop every sample whose angle to its class's dominant sub-center is over the
+threshold; samples nearest a non-dominant sub-center but within it are kept (as the reference drop
+script does). ``drop_non_dominant`` also drops those. Classes left with fewer than ``min_images`` kept
+samples are dropped whole. A sample exactly at the threshold is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from facecleaner.manifests.schema import REASONS
+
+KEPT = -1
+UNREADABLE, NON_DOMINANT, ANGLE, SMALL_CLASS = (REASONS.index(r) for r in
+                                                  ("unreadable", "non_dominant", "angle", "small_class"))
+
+
+@dataclass
+class Decision:
+    """Per sample: the reason code (index into REASONS, KEPT = -1) and the new contiguous label (-1 if dropped)."""
+
+    reason: np.ndarray        # int8 (N,)
+    new_label: np.ndarray     # int64 (N,)
+    kept_per_class: np.ndarray  # int64 (C,)
+    class_new_label: np.ndarray  # int64 (C,), -1 for dropped classes
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self.reason == KEPT
+
+
+def decide(class_index: np.ndarray, readable: np.ndarray, is_dominant: np.ndarray, angle: np.ndarray,
+           num_classes: int, threshold: float, drop_non_dominant: bool = False, min_images: int = 1) -> Decision:
+    """Apply the rule; the first matching reason wins in the order unreadable, non_dominant, angle, small_class."""
+    reason = np.full(len(class_index), KEPT, dtype=np.int8)
+    reason[~readable] = UNREADABLE
+    if drop_non_dominant:
+        reason[(reason == KEPT) & ~is_dominant] = NON_DOMINANT
+    with np.errstate(invalid="ignore"):
+        reason[(reason == KEPT) & (angle > threshold)] = ANGLE
+    kept_per_class = np.bincount(class_index[reason == KEPT], minlength=num_classes).astype(np.int64)
+    small = kept_per_class < max(min_images, 1)
+    reason[(reason == KEPT) & small[class_index]] = SMALL_CLASS
+    kept_per_class[small] = 0
+    class_new_label = np.full(num_classes, -1, dtype=np.int64)
+    class_new_label[~small] = np.arange(int((~small).sum()), dtype=np.int64)
+    new_label = np.where(reason == KEPT, class_new_label[class_index], -1)
+    return Decision(reason, new_label, kept_per_class, class_new_label)

@@ -1,0 +1,55 @@
+"""Pure geometry on unit vectors: cosines to sub-centers, the dominant sub-center vote, angles in degrees.
+
+Everything works on torch tensors batch by batch (CPU or GPU); the vote runs once over all samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def to_degrees(cosine: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees of a cosine, clamped into [-1, 1] first so rounding never yields NaN."""
+    return torch.rad2deg(torch.arccos(cosine.double().clamp(-1.0, 1.0))).float()
+
+
+def own_class_cosines(embeddings: torch.Tensor, subcenters: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """cos(x_i, W[y_i, k]) for each k: (B, K), from unit embeddings (B, D) and sub-centers (C, K, D)."""
+    return torch.einsum("bd,bkd->bk", embeddings, subcenters[classes])
+
+
+def nearest_other_class(embeddings: torch.Tensor, subcenters: torch.Tensor, classes: torch.Tensor,
+                        chunk_classes: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """The closest class other than the sample's own (max over its sub-centers) and that cosine.
+
+    Classes are visited in chunks so memory stays at B × chunk × K whatever the class count; with a
+    single class there is no other class and the result is (-1, -inf).
+    """
+    count, subs, dim = subcenters.shape
+    best_cos = torch.full((len(embeddings),), -torch.inf, device=embeddings.device)
+    best_class = torch.full((len(embeddings),), -1, dtype=torch.int64, device=embeddings.device)
+    rows = torch.arange(len(embeddings), device=embeddings.device)
+    for start in range(0, count, chunk_classes):
+        block = subcenters[start:start + chunk_classes]
+        sims = (embeddings @ block.reshape(-1, dim).T).view(len(embeddings), len(block), subs).amax(dim=2)
+        local = classes - start
+        own = (local >= 0) & (local < len(block))
+        sims[rows[own], local[own]] = -torch.inf
+        value, index = sims.max(dim=1)
+        better = value > best_cos
+        best_cos = torch.where(better, value, best_cos)
+        best_class = torch.where(better, index + start, best_class)
+    return best_class, best_cos
+
+
+def dominant_subcenters(nearest: np.ndarray, classes: np.ndarray, num_classes: int,
+                        subcenters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Majority vote per class: the sub-center most of its samples are nearest to.
+
+    ``nearest``/``classes`` hold only the samples that count (readable ones). Ties go to the lowest
+    sub-center index, so the result is deterministic. Returns (dominant per class, votes (C, K)).
+    """
+    votes = np.bincount(classes.astype(np.int64) * subcenters + nearest.astype(np.int64),
+                        minlength=num_classes * subcenters).reshape(num_classes, subcenters)
+    return votes.argmax(axis=1).astype(np.int8), votes

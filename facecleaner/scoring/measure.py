@@ -1,0 +1,167 @@
+"""Embed every sample with a trained model and measure its angles to the sub-centers.
+
+One pass over the data keeps, per sample, the cosines to its own class's K sub-centers and the nearest
+other class; the dominant sub-center vote needs every sample, so angles to it are taken afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from facecleaner.manifests.schema import STATUS_OK, classes_schema, scores_schema
+from facecleaner.model import prepare_images
+from facecleaner.model.head import SubCenterArcFace
+from facecleaner.model.runtime import autocast, eval_mode
+from facecleaner.progress import progress_bar
+from facecleaner.scoring.angles import dominant_subcenters, nearest_other_class, own_class_cosines, to_degrees
+from facecleaner.sources.dataset import DecodedImages, batch_loader, index_batches
+
+
+@dataclass
+class Measurements:
+    """Raw per-sample geometry; rows of unreadable samples hold NaN / -1."""
+
+    readable: np.ndarray        # bool (N,)
+    reasons: list[str]          # "" where readable
+    own_cosines: np.ndarray     # float32 (N, K)
+    other_class: np.ndarray     # int32 (N,)
+    other_cosine: np.ndarray    # float32 (N,)
+
+
+@dataclass
+class Scores:
+    """Everything the scores manifest holds beyond the input's own columns."""
+
+    nearest: np.ndarray         # int8 (N,), -1 where unreadable
+    dominant: np.ndarray        # int8 (C,)
+    votes: np.ndarray           # int64 (C, K)
+    angle: np.ndarray           # float32 (N,), NaN where unreadable
+    angle_nearest: np.ndarray
+    angle_other: np.ndarray
+    measurements: Measurements
+
+
+def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedImages, classes: np.ndarray,
+            device: torch.device, precision: str, batch_size: int, workers: int, progress: bool = True,
+            embeddings_out: np.ndarray | None = None) -> Measurements:
+    """Run the backbone in eval mode over all samples, in input order."""
+    count = len(dataset)
+    subs = head.subcenters
+    own = np.full((count, subs), np.nan, dtype=np.float32)
+    other_class = np.full(count, -1, dtype=np.int32)
+    other_cos = np.full(count, np.nan, dtype=np.float32)
+    readable = np.zeros(count, dtype=bool)
+    reasons = [""] * count
+    backbone.to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    subcenters = head.unit_subcenters().to(device)
+    labels = torch.from_numpy(classes.astype(np.int64))
+    loader = batch_loader(dataset, index_batches(np.arange(count), batch_size), workers, device.type == "cuda")
+    with eval_mode(backbone), progress_bar(count, "scoring", progress) as bar:
+        for images, ok, indices, why in loader:
+            for index, good, reason in zip(indices.tolist(), ok.tolist(), why, strict=True):
+                if not good:
+                    reasons[index] = reason
+            bar.update(len(indices))
+            if not ok.any():
+                continue
+            rows = indices[ok]
+            with autocast(device, precision):
+                embeddings = backbone(prepare_images(images[ok], device, channels_last))
+            unit = torch.nn.functional.normalize(embeddings.float(), dim=1)
+            y = labels[rows].to(device)
+            own[rows] = own_class_cosines(unit, subcenters, y).cpu().numpy()
+            best_class, best_cos = nearest_other_class(unit, subcenters, y)
+            other_class[rows] = best_class.cpu().numpy()
+            other_cos[rows] = best_cos.cpu().numpy()
+            readable[rows] = True
+            if embeddings_out is not None:
+                embeddings_out[rows.numpy()] = unit.cpu().numpy().astype(np.float16)
+    return Measurements(readable, reasons, own, other_class, other_cos)
+
+
+def summarize(measurements: Measurements, classes: np.ndarray, num_classes: int) -> Scores:
+    """Vote the dominant sub-center per class and turn cosines into the manifest's angles."""
+    ok = measurements.readable
+    own = torch.from_numpy(measurements.own_cosines)
+    nearest = np.full(len(ok), -1, dtype=np.int8)
+    nearest[ok] = own[ok].argmax(dim=1).numpy()
+    dominant, votes = dominant_subcenters(nearest[ok], classes[ok], num_classes, own.shape[1])
+    own_dominant = own.gather(1, torch.from_numpy(dominant[classes].astype(np.int64))[:, None]).squeeze(1)
+    angle = to_degrees(own_dominant).numpy()
+    angle_nearest = to_degrees(own.max(dim=1).values).numpy()
+    angle_other = to_degrees(torch.from_numpy(measurements.other_cosine)).numpy()
+    for column in (angle, angle_nearest, angle_other):
+        column[~ok] = np.nan
+    angle_other[measurements.other_class < 0] = np.nan
+    return Scores(nearest, dominant, votes, angle, angle_nearest, angle_other, measurements)
+
+
+def scores_table(source_table: pd.DataFrame, classes: np.ndarray, scores: Scores) -> pa.Table:
+    """The scores manifest as an Arrow table: the input's columns, the geometry, and a status per row."""
+    m = scores.measurements
+    ok = m.readable
+    label = pa.array(source_table["label"], from_pandas=True)
+    label_type = pa.int64() if pa.types.is_integer(label.type) else pa.string()
+    extras_frame = source_table.drop(columns=["path", "rec_index", "label"])
+    extras = pa.Table.from_pandas(extras_frame, preserve_index=False)
+    other = np.where(m.other_class >= 0, m.other_class, 0)
+    status = np.where(ok, STATUS_OK, np.array([f"unreadable: {r}" for r in m.reasons], dtype=object))
+    columns = {
+        "sample_id": pa.array(np.arange(len(ok), dtype=np.int64)),
+        "path": pa.array(source_table["path"], type=pa.string(), from_pandas=True),
+        "rec_index": pa.array(source_table["rec_index"], type=pa.int64(), from_pandas=True),
+        "label": label.cast(label_type),
+        "class_index": pa.array(classes.astype(np.int32)),
+        "nearest_subcenter": pa.array(scores.nearest, mask=~ok),
+        "dominant_subcenter": pa.array(scores.dominant[classes]),
+        "is_dominant": pa.array(scores.nearest == scores.dominant[classes], mask=~ok),
+        "angle": pa.array(scores.angle, mask=~ok),
+        "angle_nearest": pa.array(scores.angle_nearest, mask=~ok),
+        "nearest_other_class": pa.array(other.astype(np.int32), mask=~ok | (m.other_class < 0)),
+        "angle_other": pa.array(scores.angle_other, mask=~ok | (m.other_class < 0)),
+        "status": pa.array(status, type=pa.string()),
+    }
+    schema = scores_schema(label_type, extras.schema)
+    arrays = list(columns.values()) + list(extras.columns)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def classes_table(class_index: np.ndarray, labels: pa.Array, readable: np.ndarray, nearest: np.ndarray,
+                  dominant_per_row: np.ndarray, subcenters: int, kept_per_class: np.ndarray | None = None,
+                  class_new_label: np.ndarray | None = None) -> pa.Table:
+    """One row per class present in the data (by class index): counts, dominant sub-center, votes.
+
+    Built from per-row columns alone, so ``score`` and ``prune`` (which sees only the scores file) agree.
+    """
+    present, first = np.unique(class_index, return_index=True)
+    size = int(class_index.max()) + 1 if len(class_index) else 0
+    samples = np.bincount(class_index, minlength=size)[present]
+    readable_count = np.bincount(class_index[readable], minlength=size)[present]
+    votes = np.bincount(class_index[readable].astype(np.int64) * subcenters + nearest[readable].astype(np.int64),
+                        minlength=size * subcenters).reshape(size, subcenters)[present]
+    flat = pa.array(votes.reshape(-1).astype(np.int64))
+    offsets = pa.array(np.arange(0, len(flat) + 1, subcenters, dtype=np.int32))
+    label_array = labels.take(pa.array(first))
+    return pa.Table.from_arrays(
+        [pa.array(present.astype(np.int32)), label_array, pa.array(samples.astype(np.int64)),
+         pa.array(readable_count.astype(np.int64)),
+         _optional(kept_per_class, present),
+         pa.array(dominant_per_row[first].astype(np.int8)),
+         pa.ListArray.from_arrays(offsets, flat),
+         _optional(class_new_label, present)],
+        schema=classes_schema(label_array.type))
+
+
+def _optional(per_class: np.ndarray | None, present: np.ndarray) -> pa.Array:
+    """An int64 column for the present classes, or all nulls when the caller has no such values yet."""
+    if per_class is None:
+        return pa.nulls(len(present), pa.int64())
+    return pa.array(per_class[present].astype(np.int64))

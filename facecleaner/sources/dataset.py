@@ -1,0 +1,50 @@
+"""A torch Dataset over any Source: decoded uint8 images, never an exception for one bad sample.
+
+Unreadable samples come back as a black image with ``ok = False`` and their reason kept by index, so a
+long run records them and goes on; workers each open their own file handles (Sources open lazily).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from facecleaner.sources.base import Source
+from facecleaner.sources.images import UnreadableImage, decode_image
+
+
+class DecodedImages(Dataset):
+    """Item ``i`` = (uint8 HWC tensor, ok flag, sample index, reason or "")."""
+
+    def __init__(self, source: Source, image_size: int) -> None:
+        self.source = source
+        self.image_size = image_size
+        self._length = len(source.table())
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, int, str]:
+        try:
+            pixels = decode_image(self.source.read_bytes(index), self.image_size)
+            return torch.from_numpy(pixels), True, index, ""
+        except FileNotFoundError:
+            reason = "missing file"
+        except (UnreadableImage, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+        blank = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        return torch.from_numpy(blank), False, index, reason
+
+
+def batch_loader(dataset: DecodedImages, batches: list[list[int]], workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader yielding the given index batches in order (the order is decided by the caller)."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+
+
+def index_batches(order: np.ndarray | list[int], batch_size: int, drop_last: bool = False) -> list[list[int]]:
+    """Split ``order`` into consecutive batches of ``batch_size`` (the last kept unless ``drop_last``)."""
+    order = np.asarray(order, dtype=np.int64)
+    stop = len(order) - len(order) % batch_size if drop_last and len(order) >= batch_size else len(order)
+    return [order[i:i + batch_size].tolist() for i in range(0, stop, batch_size)]

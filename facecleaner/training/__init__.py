@@ -1,0 +1,1 @@
+"""The training loop: sub-center ArcFace on a Source, checkpointed every epoch and resumable."""
