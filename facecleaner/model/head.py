@@ -63,7 +63,7 @@ class SubCenterArcFace(nn.Module):
 
     def class_cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
         """cos(x, class j) = max_k cos(x, W[j, k]), shaped (N, C); the matmul runs in the autocast dtype."""
-        cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight))
+        cosine = F.linear(F.normalize(embeddings.float()), F.normalize(self.weight))
         return cosine.view(len(embeddings), self.num_classes, self.subcenters).amax(dim=2)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: float | None = None) -> HeadOutput:
