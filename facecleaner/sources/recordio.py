@@ -1,0 +1,468 @@
+"""insightface / MXNet RecordIO datasets (``train.rec`` + ``train.idx``), read and written without mxnet.
+
+Framing (dmlc-core): every record is ``uint32 magic 0xced7230a``, ``uint32 lrecord`` (top 3 bits: continuation
+flag, low 29 bits: length), then the payload padded to 4 bytes. A payload holding the magic at a 4-aligned
+position is split there (the magic itself is dropped) into parts flagged 1 (first), 2 (middle), 3 (last); a
+reader joins the parts with the magic in between. Payload: ``IRHeader`` (``<IfQQ``: flag, label, id, id2), then
+``flag`` float32 labels when ``flag > 0``, then the encoded image.
+
+insightface layout: key 0 is a header whose labels are ``(first identity key, end of identity keys)``; images
+are keys ``1 .. label[0] - 1``; keys ``label[0] ..`` describe each identity's image range ``(first, end)`` and are
+not images. When key 0 has ``flag == 0`` (or there is no key 0), every key of the ``.idx`` is an image.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+import os
+import struct
+import tempfile
+import threading
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from facecleaner.errors import RecordIOError
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_FRAME = struct.Struct("<II")
+_IR = struct.Struct("<IfQQ")
+_LENGTH_MASK = (1 << 29) - 1
+#: A part's length field has 29 bits.
+MAX_PART = 1 << 29
+#: Labels and header ranges are float32: integers past 2**24 are no longer exact.
+FLOAT32_EXACT = 1 << 24
+#: The framed header record (flag 2, two float labels, no image) is always this long; the writer reserves it.
+_HEADER_RECORD_SIZE = _FRAME.size + _IR.size + 8
+#: Bytes read per record when collecting labels: frame + IRHeader + the first extra label.
+_PEEK = _FRAME.size + _IR.size + 4
+
+_IDX_FIX = "re-create train.idx from train.rec (mxnet's tools/rec2idx.py does that) or re-download the pair"
+_REC_FIX = "the .rec is damaged or does not belong to this .idx; re-download or re-export the pair"
+
+
+class IRHeader(NamedTuple):
+    """mxnet's image-record header; ``label`` is a float, or a tuple of ``flag`` floats when ``flag > 0``."""
+
+    flag: int
+    label: float | tuple[float, ...]
+    id: int
+    id2: int
+
+
+def pack_record(label: float | Sequence[float], image: bytes, id: int = 0, id2: int = 0) -> bytes:
+    """Payload of one record, as ``mx.recordio.pack``: a scalar label goes in the header, a sequence after it."""
+    if isinstance(label, numbers.Real):
+        return _IR.pack(0, float(label), id, id2) + bytes(image)
+    labels = [float(value) for value in label]
+    if not labels:
+        raise ValueError("a label sequence must hold at least one value")
+    return _IR.pack(len(labels), 0.0, id, id2) + struct.pack(f"<{len(labels)}f", *labels) + bytes(image)
+
+
+def unpack_record(payload: bytes) -> tuple[IRHeader, bytes]:
+    """Split a payload into its header and image bytes, as ``mx.recordio.unpack``; ``ValueError`` if too short."""
+    if len(payload) < _IR.size:
+        raise ValueError(f"record payload is {len(payload)} bytes, shorter than its {_IR.size}-byte header")
+    flag, label, id_, id2 = _IR.unpack_from(payload)
+    if flag == 0:
+        return IRHeader(flag, label, id_, id2), bytes(payload[_IR.size:])
+    end = _IR.size + 4 * flag
+    if end > len(payload):
+        raise ValueError(f"record header announces {flag} labels but the payload is only {len(payload)} bytes")
+    labels = struct.unpack_from(f"<{flag}f", payload, _IR.size)
+    return IRHeader(flag, labels, id_, id2), bytes(payload[end:])
+
+
+def frame_record(payload: bytes) -> bytes:
+    """The bytes one record occupies in a ``.rec``, split at aligned magic words exactly as dmlc-core does."""
+    if len(payload) >= MAX_PART:
+        raise ValueError(f"a RecordIO record holds less than {MAX_PART} bytes, got {len(payload)}")
+    cuts = []
+    found = payload.find(_MAGIC_BYTES)
+    while found != -1:
+        if found % 4 == 0:
+            cuts.append(found)
+            found = payload.find(_MAGIC_BYTES, found + 4)
+        else:
+            found = payload.find(_MAGIC_BYTES, found + 1)
+    pieces = []
+    start = 0
+    for number, cut in enumerate(cuts):
+        pieces.append(_FRAME.pack(MAGIC, ((1 if number == 0 else 2) << 29) | (cut - start)))
+        pieces.append(payload[start:cut])
+        start = cut + 4
+    tail = len(payload) - start
+    pieces.append(_FRAME.pack(MAGIC, ((3 if cuts else 0) << 29) | tail))
+    pieces.append(payload[start:])
+    pieces.append(b"\0" * (-tail % 4))
+    return b"".join(pieces)
+
+
+class RecordIOSource:
+    """The images of a RecordIO pair; row ``i`` is image key ``rec_index[i]`` (keys ascending).
+
+    The file handle is opened lazily in each process, so the object pickles into DataLoader workers; the
+    label table is built on first use with one pass over the record headers and is not pickled.
+    """
+
+    def __init__(self, rec_path: Path, idx_path: Path, keys: np.ndarray, offsets: np.ndarray,
+                 header_range: tuple[int, int] | None) -> None:
+        self.rec_path = rec_path
+        self.idx_path = idx_path
+        self.keys = keys
+        self.offsets = offsets
+        #: Key 0's labels ``(first identity key, end of identity keys)``; None when key 0 is an image or absent.
+        self.header_range = header_range
+        self.description = f"RecordIO {rec_path} ({len(keys)} images)"
+        self._file = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._table: pd.DataFrame | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_file=None, _pid=None, _lock=None, _table=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close this process's handle (reading again reopens it)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+        self._pid = None
+
+    def table(self) -> pd.DataFrame:
+        """``path`` (null), ``rec_index`` (the key) and ``label`` (Int64; null where the header is unreadable)."""
+        if self._table is None:
+            count = len(self.keys)
+            self._table = pd.DataFrame({
+                "path": pd.array(np.full(count, None, dtype=object), dtype="string"),
+                "rec_index": pd.array(self.keys, dtype="Int64"),
+                "label": _labels_to_int(self._read_labels()),
+            })
+        return self._table
+
+    def read_bytes(self, index: int) -> bytes:
+        """The encoded image of row ``index``; ``OSError`` naming the key and offset when the record is bad."""
+        key, offset = int(self.keys[index]), int(self.offsets[index])
+        payload = self._read_payload(key, offset)
+        try:
+            _, image = unpack_record(payload)
+        except ValueError as exc:
+            raise OSError(f"{self.rec_path}: record key {key} at offset {offset}: {exc}") from None
+        if not image:
+            raise OSError(f"{self.rec_path}: record key {key} at offset {offset} holds no image bytes")
+        return image
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def _read_at(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` from this process's own handle (pread: no shared file position)."""
+        if self._file is None or self._pid != os.getpid():
+            self._file = open(self.rec_path, "rb", buffering=0)  # noqa: SIM115 - held for the object's life
+            self._pid = os.getpid()
+        if hasattr(os, "pread"):
+            return os.pread(self._file.fileno(), size, offset)
+        with self._lock:
+            self._file.seek(offset)
+            return self._file.read(size)
+
+    def _read_payload(self, key: int, offset: int) -> bytes:
+        """Reassemble one record's payload from its parts; every failure is an ``OSError`` naming key/offset."""
+        where = f"{self.rec_path}: record key {key} at offset {offset}"
+        parts = []
+        position = offset
+        first = True
+        while True:
+            head = self._read_at(_FRAME.size, position)
+            if len(head) < _FRAME.size:
+                raise OSError(f"{where}: file ends at byte {position + len(head)} inside the record (truncated)")
+            magic, lrecord = _FRAME.unpack(head)
+            if magic != MAGIC:
+                raise OSError(f"{where}: bad magic 0x{magic:08x} at byte {position} (expected 0x{MAGIC:08x})")
+            cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
+            if cflag not in ((0, 1) if first else (2, 3)):
+                raise OSError(f"{where}: unexpected continuation flag {cflag} at byte {position}")
+            data = self._read_at(length, position + _FRAME.size)
+            if len(data) < length:
+                raise OSError(f"{where}: part at byte {position} needs {length} bytes, the file ends after "
+                              f"{len(data)} (truncated)")
+            parts.append(data)
+            if cflag in (0, 3):
+                return b"".join(parts)
+            parts.append(_MAGIC_BYTES)
+            position += _FRAME.size + length + (-length % 4)
+            first = False
+
+    def _read_labels(self) -> np.ndarray:
+        """Every image's label as float64 (NaN where unreadable), one pass in file order over header bytes."""
+        labels = np.full(len(self.keys), np.nan)
+        for row in np.argsort(self.offsets, kind="stable").tolist():
+            offset = int(self.offsets[row])
+            head = self._read_at(_PEEK, offset)
+            try:
+                labels[row] = _peek_label(head)
+            except LookupError:  # split or short record: read it whole
+                try:
+                    header, _ = unpack_record(self._read_payload(int(self.keys[row]), offset))
+                except (OSError, ValueError):
+                    continue
+                labels[row] = header.label[0] if header.flag else header.label
+            except ValueError:
+                continue
+        return labels
+
+
+def _peek_label(head: bytes) -> float:
+    """A record's label from its first bytes; ``LookupError`` when the whole record is needed."""
+    if len(head) < _FRAME.size:
+        raise ValueError("truncated")
+    magic, lrecord = _FRAME.unpack_from(head)
+    if magic != MAGIC:
+        raise ValueError("bad magic")
+    if lrecord >> 29 != 0 or len(head) < _FRAME.size + _IR.size:
+        raise LookupError
+    length = lrecord & _LENGTH_MASK
+    flag, label, _, _ = _IR.unpack_from(head, _FRAME.size)
+    if flag == 0:
+        if length < _IR.size:
+            raise ValueError("short")
+        return label
+    if length < _IR.size + 4 * flag or len(head) < _PEEK:
+        raise LookupError
+    return struct.unpack_from("<f", head, _FRAME.size + _IR.size)[0]
+
+
+def _labels_to_int(values: np.ndarray) -> pd.arrays.IntegerArray:
+    """Float labels to Int64 the way trainers cast them (3.0 → 3, truncating); NaN/inf/huge become null."""
+    mask = ~np.isfinite(values) | (np.abs(values) >= 2.0**62)
+    ints = np.where(mask, 0.0, np.trunc(values)).astype(np.int64)
+    return pd.arrays.IntegerArray(ints, mask)
+
+
+def open_recordio(rec_path: str | Path) -> RecordIOSource:
+    """Open ``rec_path`` with its ``.idx``; checks the index, the offsets and key 0 now, other records on read."""
+    rec_path = Path(rec_path)
+    idx_path = rec_path.with_suffix(".idx")
+    try:
+        rec_size = rec_path.stat().st_size
+    except OSError as exc:
+        raise RecordIOError(f"cannot read RecordIO file {rec_path}: {exc.strerror or exc}",
+                            "give the path of an existing train.rec") from None
+    if rec_size == 0:
+        raise RecordIOError(f"RecordIO file {rec_path} is empty", _REC_FIX)
+    keys, offsets = _parse_idx(idx_path)
+    bad = np.flatnonzero(offsets > rec_size - _FRAME.size)
+    if bad.size:
+        row = int(bad[0])
+        raise RecordIOError(f"{idx_path} gives key {int(keys[row])} offset {int(offsets[row])}, past the end of "
+                            f"{rec_path} ({rec_size} bytes; {bad.size} such keys)", _REC_FIX)
+    order = np.argsort(keys, kind="stable")
+    keys, offsets = keys[order], offsets[order]
+    duplicated = np.flatnonzero(keys[1:] == keys[:-1])
+    if duplicated.size:
+        raise RecordIOError(f"{idx_path} lists key {int(keys[duplicated[0]])} more than once", _IDX_FIX)
+    source = RecordIOSource(rec_path, idx_path, keys, offsets, None)
+    if keys[0] != 0:
+        return source
+    try:
+        header, _ = unpack_record(source._read_payload(0, int(offsets[0])))
+    except (OSError, ValueError) as exc:
+        raise RecordIOError(f"cannot read the header record (key 0) of {rec_path}: {exc}", _REC_FIX) from None
+    finally:
+        source.close()
+    if header.flag == 0:
+        return source
+    end = header.label[0]
+    if not (np.isfinite(end) and end >= 1 and end == int(end)):
+        raise RecordIOError(f"the header record (key 0) of {rec_path} gives {end!r} as the end of the image "
+                            "keys, not a positive integer", _REC_FIX)
+    end = int(end)
+    if end == 1:
+        raise RecordIOError(f"the header record (key 0) of {rec_path} says the dataset holds no images",
+                            "give a RecordIO dataset with at least one image")
+    image_keys = np.arange(1, min(end, int(keys[-1]) + 1), dtype=np.int64)  # never more than the idx holds
+    rows = np.searchsorted(keys, image_keys)
+    missing = np.flatnonzero(keys[np.minimum(rows, len(keys) - 1)] != image_keys)
+    if missing.size or len(image_keys) < end - 1:
+        first = int(image_keys[missing[0]]) if missing.size else len(image_keys) + 1
+        raise RecordIOError(f"{idx_path} has no key {first} although the header record (key 0) says images "
+                            f"are keys 1..{end - 1}", _IDX_FIX)
+    second = int(header.label[1]) if header.flag > 1 and np.isfinite(header.label[1]) else end
+    return RecordIOSource(rec_path, idx_path, image_keys, offsets[rows], (end, second))
+
+
+def _parse_idx(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``key<TAB>offset`` lines → int64 arrays, in file order; any problem is a ``RecordIOError`` with the line."""
+    try:
+        raw = idx_path.read_bytes()
+    except FileNotFoundError:
+        raise RecordIOError(f"RecordIO index {idx_path} is missing", _IDX_FIX) from None
+    except OSError as exc:
+        raise RecordIOError(f"cannot read RecordIO index {idx_path}: {exc.strerror or exc}", _IDX_FIX) from None
+    keys = array("q")
+    offsets = array("q")
+    limit = 1 << 62
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if len(fields) != 2:
+                raise ValueError
+            key, offset = int(fields[0]), int(fields[1])
+            if not (0 <= key < limit and 0 <= offset < limit):
+                raise ValueError
+        except ValueError:
+            shown = line.strip()[:60].decode("ascii", "backslashreplace")
+            raise RecordIOError(f"{idx_path} line {number} is not 'key<TAB>offset' with non-negative integers: "
+                                f"{shown!r}", _IDX_FIX) from None
+        keys.append(key)
+        offsets.append(offset)
+    if not keys:
+        raise RecordIOError(f"RecordIO index {idx_path} lists no records", _IDX_FIX)
+    return np.frombuffer(keys, dtype=np.int64).copy(), np.frombuffer(offsets, dtype=np.int64).copy()
+
+
+class RecordIOWriter:
+    """Write ``train.rec``/``train.idx``/``property`` in insightface's layout, atomically.
+
+    Images get keys 1..N in write order; the images of one identity must be written together. On a clean
+    close, key 0 (written into space reserved at the start of the ``.rec``) gets ``(N+1, N+1+C)`` and keys
+    N+1.. get each identity's ``(first key, last key + 1)``, in order of first appearance — what
+    arcface_torch's ``MXFaceDataset`` and mxnet's ``MXIndexedRecordIO`` read. Files are written under
+    temporary names in ``dest_dir`` and renamed only on success; an exception inside ``with`` deletes them.
+    ``property`` holds ``num_classes,height,width``; ``num_classes`` defaults to the largest label + 1.
+    """
+
+    def __init__(self, dest_dir: str | Path, image_size: tuple[int, int] = (112, 112),
+                 num_classes: int | None = None) -> None:
+        self.dest_dir = Path(dest_dir)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.num_classes = num_classes
+        self.dest_dir.mkdir(parents=True, exist_ok=True)
+        self._temps: list[Path] = []
+        self._handles: list = []
+        self._rec = self._temp_file(".train.rec.")
+        self._rec.write(b"\0" * _HEADER_RECORD_SIZE)
+        self._position = _HEADER_RECORD_SIZE
+        self._offsets = array("q")
+        self._ranges: dict[int, list[int]] = {}
+        self._last_label: int | None = None
+        self._done = False
+
+    def __enter__(self) -> RecordIOWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001 - context-manager protocol
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def write(self, label: int, image_bytes: bytes) -> int:
+        """Append one image with an integer class label (0 ≤ label < 2**24); returns its record key."""
+        if self._done:
+            raise ValueError("this RecordIOWriter is already closed")
+        label = operator.index(label)
+        if not 0 <= label < FLOAT32_EXACT:
+            raise ValueError(f"label {label} is outside 0..{FLOAT32_EXACT - 1} (RecordIO stores labels as float32)")
+        if label != self._last_label and label in self._ranges:
+            raise ValueError(f"the images of label {label} must be written together (keys "
+                             f"{self._ranges[label][0]}..{self._ranges[label][1] - 1} already hold it)")
+        key = len(self._offsets) + 1
+        if key + len(self._ranges) + 1 >= FLOAT32_EXACT:
+            raise RecordIOError(f"more than {FLOAT32_EXACT - 2} records do not fit one RecordIO file (its key "
+                                f"ranges are float32)", "export the dataset in several parts")
+        framed = frame_record(pack_record(float(label), image_bytes, id=key))
+        self._rec.write(framed)
+        self._offsets.append(self._position)
+        self._position += len(framed)
+        if label == self._last_label:
+            self._ranges[label][1] = key + 1
+        else:
+            self._ranges[label] = [key, key + 1]
+            self._last_label = label
+        return key
+
+    def close(self) -> None:
+        """Write the header and identity records, the index and ``property``; then rename into place."""
+        if self._done:
+            return
+        try:
+            self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        """Delete the temporary files; nothing is left in ``dest_dir``."""
+        self._done = True
+        for handle in self._handles:
+            handle.close()
+        for path in self._temps:
+            path.unlink(missing_ok=True)
+
+    def _temp_file(self, prefix: str):  # noqa: ANN202 - a binary file object
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.dest_dir)
+        self._temps.append(Path(name))
+        self._handles.append(os.fdopen(handle, "wb"))
+        return self._handles[-1]
+
+    def _finish(self) -> None:
+        count = len(self._offsets)
+        if count == 0:
+            raise ValueError(f"no images were written to {self.dest_dir}")
+        top = max(self._ranges) + 1
+        num_classes = top if self.num_classes is None else int(self.num_classes)
+        if num_classes < top:
+            raise ValueError(f"num_classes={num_classes} but label {top - 1} was written")
+        first_identity = count + 1
+        lines = ["0\t0\n"]
+        lines.extend(f"{key}\t{offset}\n" for key, offset in enumerate(self._offsets, 1))
+        for key, (first, end) in enumerate(self._ranges.values(), first_identity):
+            framed = frame_record(pack_record((first, end), b"", id=key))
+            self._rec.write(framed)
+            lines.append(f"{key}\t{self._position}\n")
+            self._position += len(framed)
+        header = frame_record(pack_record((first_identity, first_identity + len(self._ranges)), b""))
+        if len(header) != _HEADER_RECORD_SIZE:
+            raise AssertionError("the header record does not fit its reserved space")
+        self._rec.seek(0)
+        self._rec.write(header)
+        _sync_close(self._rec)
+        idx = self._temp_file(".train.idx.")
+        idx.write("".join(lines).encode("ascii"))
+        _sync_close(idx)
+        prop = self._temp_file(".property.")
+        prop.write(f"{num_classes},{self.image_size[0]},{self.image_size[1]}\n".encode("ascii"))
+        _sync_close(prop)
+        rec_temp, idx_temp, prop_temp = self._temps
+        os.replace(rec_temp, self.dest_dir / "train.rec")
+        os.replace(idx_temp, self.dest_dir / "train.idx")
+        os.replace(prop_temp, self.dest_dir / "property")
+
+
+def _sync_close(handle) -> None:  # noqa: ANN001 - a binary file object
+    """Flush to disk before the rename, so a crash never leaves a renamed but empty file."""
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
