@@ -6,6 +6,7 @@ for anything the user can fix, and returns a JSON-ready summary (also saved as `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, replace
@@ -18,10 +19,11 @@ import pyarrow.compute as pc
 
 from facecleaner.config import TrainConfig, load_config, resolve, save_config
 from facecleaner.errors import CheckpointError, InputError, PruneRefused, TooManyBadSamples
+from facecleaner.fileio import atomic_output
 from facecleaner.manifests.io import manifest_metadata, read_manifest, sibling, write_manifest
 from facecleaner.manifests.schema import NEW_LABEL, REASON, REASONS, STATUS_OK
 from facecleaner.progress import logger
-from facecleaner.sources import open_source, table_fingerprint
+from facecleaner.sources import open_source, source_root, table_fingerprint
 from facecleaner.sources.labels import encode_labels, lookup_labels
 
 DEFAULT_ANGLE = 75.0
@@ -49,7 +51,10 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
         if not (run_dir / CHECKPOINT_FILE).is_file():
             raise CheckpointError(f"{run_dir} has no {CHECKPOINT_FILE} to resume from",
                                   "start the run without --resume")
-        saved = json.loads(config_file.read_text())
+        try:
+            saved = json.loads(config_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{run_dir} has no readable config.json", "start a new run in another --out") from exc
         if saved.get("input_fingerprint") != fingerprint:
             raise CheckpointError(f"{data} is not the dataset {run_dir} was trained on",
                                   "resume with the same DATA, or start a new run in another --out")
@@ -101,31 +106,33 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
     torch_device = resolve_device(device)
     chosen_precision = resolve_precision(precision, torch_device)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    embeddings_store = _open_embeddings(embeddings, len(table), spec.embedding_size)
-    dataset = DecodedImages(source, spec.image_size)
-    raw = measure(model.backbone, model.head, dataset, class_index, torch_device, chosen_precision, batch_size,
-                  default_workers(torch_device) if workers is None else workers, progress,
-                  embeddings_store[0] if embeddings_store else None)
-    unreadable = int((~raw.readable).sum())
-    if unreadable > max_bad_fraction * len(table):
-        raise TooManyBadSamples(f"{unreadable} of {len(table)} samples are unreadable "
-                                f"(more than --max-bad-fraction {max_bad_fraction})",
-                                "fix or remove the broken files, or raise --max-bad-fraction")
-    scores = summarize(raw, class_index, len(spec.classes))
-    manifest = scores_table(table, class_index, scores)
-    meta = manifest_metadata(
-        "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
-                         "scale": spec.scale, "embedding_size": spec.embedding_size, "image_size": spec.image_size},
-        num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
-        input_fingerprint=table_fingerprint(table))
-    write_manifest(out, manifest, meta)
-    write_manifest(sibling(out, "classes"),
-                   classes_table(class_index, manifest["label"].combine_chunks(), raw.readable, scores.nearest,
-                                 scores.dominant[class_index], spec.subcenters), meta | {"kind": "classes"})
-    if embeddings_store:
-        embeddings_store[0].flush()
-        Path(embeddings_store[1]).replace(embeddings)
+    if embeddings is not None and Path(embeddings).suffix != ".npy":
+        raise InputError(f"--embeddings {embeddings} must end in .npy", "embeddings are saved as a float16 .npy array")
+    with contextlib.ExitStack() as stack:
+        embeddings_file = stack.enter_context(atomic_output(embeddings)) if embeddings is not None else None
+        embeddings_store = _embeddings_memmap(embeddings_file, len(table), spec.embedding_size)
+        raw = measure(model.backbone, model.head, DecodedImages(source, spec.image_size), class_index, torch_device,
+                      chosen_precision, batch_size, default_workers(torch_device) if workers is None else workers,
+                      progress, embeddings_store)
+        unreadable = int((~raw.readable).sum())
+        if unreadable > max_bad_fraction * len(table):
+            raise TooManyBadSamples(f"{unreadable} of {len(table)} samples are unreadable "
+                                    f"(more than --max-bad-fraction {max_bad_fraction})",
+                                    "fix or remove the broken files, or raise --max-bad-fraction")
+        scores = summarize(raw, class_index, len(spec.classes))
+        manifest = scores_table(table, class_index, scores)
+        meta = manifest_metadata(
+            "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
+                             "scale": spec.scale, "embedding_size": spec.embedding_size,
+                             "image_size": spec.image_size},
+            num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
+            input_fingerprint=table_fingerprint(table), input_root=source_root(source))
+        write_manifest(out, manifest, meta)
+        write_manifest(sibling(out, "classes"),
+                       classes_table(class_index, manifest["label"].combine_chunks(), raw.readable, scores.nearest,
+                                     scores.dominant[class_index], spec.subcenters), meta | {"kind": "classes"})
+        if embeddings_store is not None:
+            embeddings_store.flush()
     angles = scores.angle[raw.readable]
     summary = {
         "scores": str(out), "samples": len(table), "classes": len(spec.classes), "unreadable": unreadable,
@@ -173,7 +180,8 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
     rule = "drop_non_dominant" if drop_non_dominant else "paper"
     out = Path(out)
     dropped_path = Path(dropped) if dropped else out.with_name(f"{out.stem}.dropped.parquet")
-    base_meta = {key: meta[key] for key in ("model", "checkpoint_sha256", "input_fingerprint", "num_classes")
+    base_meta = {key: meta[key] for key in ("model", "checkpoint_sha256", "input_fingerprint", "num_classes",
+                                            "input_root")
                  if key in meta}
     base_meta |= {"angle_threshold": angle, "rule": rule, "min_images": min_images, "scores": str(scores)}
     keep_mask = pa.array(keep)
@@ -196,13 +204,8 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
             "classes_kept": kept_classes, "angle": angle, "rule": rule}
 
 
-def _open_embeddings(path: str | Path | None, rows: int, dim: int) -> tuple[np.memmap, str] | None:
-    """A float16 .npy memmap at a temporary name beside ``path`` (renamed once scoring succeeds)."""
+def _embeddings_memmap(path: Path | None, rows: int, dim: int) -> np.memmap | None:
+    """A float16 (rows, dim) .npy memmap at ``path`` (the temporary name of --embeddings), or None."""
     if path is None:
         return None
-    target = Path(path)
-    if target.suffix != ".npy":
-        raise InputError(f"--embeddings {target} must end in .npy", "embeddings are saved as a float16 NumPy array")
-    tmp = target.with_name(f".{target.name}.tmp.npy")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(rows, dim)), str(tmp)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, dim))

@@ -37,6 +37,9 @@ def _run(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any
             return function(*args, **kwargs)
         except FaceCleanerError as exc:
             raise ReportedError(str(exc)) from exc
+        except OSError as exc:
+            where = exc.filename or "a file"
+            raise ReportedError(f"{where}: {exc.strerror or exc} — check the path and its permissions") from exc
         except KeyboardInterrupt:
             raise ReportedError("interrupted") from None
 
@@ -60,6 +63,7 @@ def _setup_logging(quiet: bool) -> None:
         log.addHandler(handler)
     for handler in log.handlers:
         if getattr(handler, "_facecleaner_cli", False):
+            handler.setStream(sys.stderr)
             handler.setLevel(logging.WARNING if quiet else logging.INFO)
     log.setLevel(logging.INFO)
 
@@ -223,3 +227,37 @@ def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_
         f"{summary['classes_kept']} of {summary['classes']} identities)",
         f"dropped: {summary['dropped']} ({summary['dropped_samples']} samples{': ' + reasons if reasons else ''})",
     ])
+
+
+@main.command()
+@click.option("--out", type=PATH, default=Path("facecleaner-demo"), show_default=True,
+              help="Folder for the generated data, the run and the manifests.")
+@click.option("--identities", type=click.IntRange(min=2), default=60, show_default=True)
+@click.option("--images-per-identity", type=click.IntRange(min=2), default=40, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: automatic].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@quiet_option
+@json_option
+def demo(out: Path, identities: int, images_per_identity: int, epochs: int | None, seed: int, quiet: bool,
+         as_json: bool) -> None:
+    """Run the whole pipeline on a generated noisy face set, on the CPU, in about two minutes.
+
+    The set has procedural identities with a clean-but-hard secondary look, close-set label flips and
+    open-set outsiders; its manifest's is_noise column is the ground truth, so the figures printed
+    (precision, recall and F1 of the dropped set; share of clean samples kept) can be checked.
+
+    \b
+    Example:
+      facecleaner demo --out /tmp/demo
+    """
+    from facecleaner import api
+
+    _setup_logging(quiet)
+    summary = _run(api.demo)(out, identities=identities, images_per_identity=images_per_identity, epochs=epochs,
+                             seed=seed, progress=not quiet)
+    lines = [f"demo: {summary['samples']} samples of {summary['identities']} identities in {summary['out']}",
+             f"median angle {summary['median_angle']:.1f}°; dropped set against the planted noise:",
+             f"  {'rule':<20}{'precision':>10}{'recall':>8}{'F1':>7}{'clean kept':>12}"]
+    for name, m in summary["rules"].items():
+        lines.append(f"  {name:<20}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}{m['clean_kept']:>12.3f}")
+    _emit(summary, as_json, lines)

@@ -35,6 +35,7 @@ class TrainConfig:
     margin_warmup_epochs: float | None = None
     grad_clip: float = 5.0
     dropout: float = 0.0
+    shift: float = 0.1
     device: str = "auto"
     precision: str = "auto"
     workers: int | None = None
@@ -55,6 +56,7 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, "--lr must be positive"),
             (0.0 <= self.max_bad_fraction <= 1.0, "--max-bad-fraction must be in [0, 1]"),
             (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
+            (0.0 <= self.shift < 0.5, "--shift must be in [0, 0.5)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import pyarrow.parquet as pq
 
 from facecleaner import __version__
 from facecleaner.errors import InputError
+from facecleaner.fileio import atomic_output
 from facecleaner.manifests.schema import METADATA_KEY, SCHEMA_VERSION
 
 ROW_GROUP_ROWS = 1 << 20
@@ -27,20 +26,11 @@ def manifest_metadata(kind: str, **fields: Any) -> dict[str, Any]:
 
 def write_manifest(path: Path, table: pa.Table, metadata: dict[str, Any]) -> None:
     """Write ``table`` to ``path`` via a temporary file in the same folder, row group by row group."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     schema = table.schema.with_metadata({**(table.schema.metadata or {}),
                                          METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for batch in table.cast(schema).to_batches(max_chunksize=ROW_GROUP_ROWS):
-                writer.write_batch(batch)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for batch in table.cast(schema).to_batches(max_chunksize=ROW_GROUP_ROWS):
+            writer.write_batch(batch)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -34,6 +34,9 @@ REASONS = ("unreadable", "non_dominant", "angle", "small_class")
 
 STATUS_OK = "ok"
 
+#: Column names facecleaner writes; an input's extra column with one of these names is renamed input_<name>.
+RESERVED = frozenset(SCORE_COLUMNS) | {NEW_LABEL.name, REASON.name}
+
 
 def scores_schema(label_type: pa.DataType, extras: pa.Schema | None = None) -> pa.Schema:
     """The scores schema for an input whose labels are ``label_type``, with the input's extras appended."""

@@ -8,8 +8,6 @@ label map and the model's settings, so a run dir is self-contained.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import torch
 
 from facecleaner import __version__
 from facecleaner.errors import CheckpointError
+from facecleaner.fileio import atomic_output
 from facecleaner.model.backbones import build_backbone
 from facecleaner.model.head import SubCenterArcFace
 
@@ -55,15 +54,8 @@ class LoadedModel:
 
 def atomic_save(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary name in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            torch.save(payload, out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_payload(path: Path) -> dict[str, Any]:

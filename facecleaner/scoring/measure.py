@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from facecleaner.manifests.schema import STATUS_OK, classes_schema, scores_schema
+from facecleaner.manifests.schema import RESERVED, STATUS_OK, classes_schema, scores_schema
 from facecleaner.model import prepare_images
 from facecleaner.model.head import SubCenterArcFace
 from facecleaner.model.runtime import autocast, eval_mode
@@ -111,6 +111,8 @@ def scores_table(source_table: pd.DataFrame, classes: np.ndarray, scores: Scores
     label = pa.array(source_table["label"], from_pandas=True)
     label_type = pa.int64() if pa.types.is_integer(label.type) else pa.string()
     extras_frame = source_table.drop(columns=["path", "rec_index", "label"])
+    # An input that is itself one of our manifests carries columns named like ours: keep them, renamed.
+    extras_frame = extras_frame.rename(columns={c: f"input_{c}" for c in extras_frame.columns if c in RESERVED})
     extras = pa.Table.from_pandas(extras_frame, preserve_index=False)
     other = np.where(m.other_class >= 0, m.other_class, 0)
     status = np.where(ok, STATUS_OK, np.array([f"unreadable: {r}" for r in m.reasons], dtype=object))

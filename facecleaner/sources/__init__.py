@@ -8,7 +8,13 @@ from facecleaner.errors import InputError
 from facecleaner.sources.base import Source, table_fingerprint
 from facecleaner.sources.images import UnreadableImage, decode_image
 
-__all__ = ["Source", "UnreadableImage", "decode_image", "open_source", "table_fingerprint"]
+__all__ = ["Source", "UnreadableImage", "decode_image", "open_source", "source_root", "table_fingerprint"]
+
+
+def source_root(source: Source) -> str | None:
+    """Where a source's relative paths (or its records) live; manifests record it so later steps find images."""
+    root = getattr(source, "root", None) or getattr(source, "rec_path", None)
+    return str(Path(root).resolve()) if root else None
 
 
 def open_source(data: str | Path) -> Source:

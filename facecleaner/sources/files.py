@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,7 +18,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".
 class FileSource:
     """Samples stored as files; ``path`` in the table is what the user wrote, ``_resolved`` what we open."""
 
-    def __init__(self, table: pd.DataFrame, resolved: list[str], description: str) -> None:
+    def __init__(self, table: pd.DataFrame, resolved: list[str], description: str, root: Path) -> None:
+        self.root = root
         self._table = table
         self._resolved = resolved
         self.description = description
@@ -38,7 +40,7 @@ def open_identity_folders(root: Path) -> FileSource:
     """``<root>/<identity>/<image>``: one class per sub-folder, images sorted by name for a stable order."""
     paths: list[str] = []
     labels: list[str] = []
-    for identity in sorted(entry for entry in os.scandir(root) if entry.is_dir()):
+    for identity in sorted((entry for entry in os.scandir(root) if entry.is_dir()), key=lambda entry: entry.name):
         for dirpath, dirnames, filenames in os.walk(identity.path):
             dirnames.sort()
             for name in sorted(filenames):
@@ -52,7 +54,7 @@ def open_identity_folders(root: Path) -> FileSource:
                           "rec_index": pd.array([None] * len(paths), dtype="Int64"),
                           "label": pd.array(labels, dtype="string")})
     resolved = [os.path.join(root, p) for p in paths]
-    return FileSource(table, resolved, f"identity folders at {root}")
+    return FileSource(table, resolved, f"identity folders at {root}", root)
 
 
 def open_manifest(path: Path) -> FileSource:
@@ -83,7 +85,7 @@ def open_manifest(path: Path) -> FileSource:
         raise InputError(f"manifest {path} has fractional labels", "labels must be integers or strings")
     if not pd.api.types.is_integer_dtype(labels.dtype):
         labels = labels.astype("string")
-    base = path.parent
+    base = _manifest_root(path)
     raw_paths = frame["path"].astype("string")
     resolved = [os.path.join(base, p) if isinstance(p, str) else "" for p in raw_paths.tolist()]
     table = pd.DataFrame({"path": raw_paths,
@@ -92,7 +94,19 @@ def open_manifest(path: Path) -> FileSource:
     extras = [c for c in frame.columns if c not in BASE_COLUMNS]
     for column in extras:
         table[column] = frame[column].reset_index(drop=True)
-    return FileSource(table, resolved, f"manifest {path}")
+    return FileSource(table, resolved, f"manifest {path}", base)
+
+
+def _manifest_root(path: Path) -> Path:
+    """Relative paths resolve against the manifest's folder, or, for a manifest facecleaner wrote, against
+    the folder of the input it came from (so a clean manifest written elsewhere still finds its images)."""
+    if path.suffix.lower() == ".parquet":
+        raw = (pq.read_schema(path).metadata or {}).get(b"facecleaner")
+        if raw:
+            root = json.loads(raw).get("input_root")
+            if root and Path(root).is_dir():
+                return Path(root)
+    return path.parent
 
 
 def _nullable_types(arrow_type):  # noqa: ANN001 - pyarrow's types_mapper signature

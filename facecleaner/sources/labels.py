@@ -24,8 +24,10 @@ def encode_labels(labels: pd.Series) -> tuple[np.ndarray, list]:
 def lookup_labels(labels: pd.Series, classes: list) -> np.ndarray:
     """Class index of each row under a model's label map; -1 where the label is not one of its classes."""
     index = pd.Index(classes)
-    values = labels.astype(index.dtype) if len(classes) else labels
-    return index.get_indexer(values).astype(np.int32)
+    if len(classes) and pd.api.types.is_integer_dtype(index.dtype) != pd.api.types.is_integer_dtype(labels.dtype):
+        index = pd.Index([str(c) for c in classes])  # compare text with text: "7" is label 7
+        labels = labels.astype("string")
+    return index.get_indexer(labels).astype(np.int32)
 
 
 def _plain(value: object) -> object:

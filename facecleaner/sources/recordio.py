@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from facecleaner.errors import RecordIOError
+from facecleaner.fileio import publish
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -456,9 +457,9 @@ class RecordIOWriter:
         prop.write(f"{num_classes},{self.image_size[0]},{self.image_size[1]}\n".encode("ascii"))
         _sync_close(prop)
         rec_temp, idx_temp, prop_temp = self._temps
-        os.replace(rec_temp, self.dest_dir / "train.rec")
-        os.replace(idx_temp, self.dest_dir / "train.idx")
-        os.replace(prop_temp, self.dest_dir / "property")
+        publish(rec_temp, self.dest_dir / "train.rec")
+        publish(idx_temp, self.dest_dir / "train.idx")
+        publish(prop_temp, self.dest_dir / "property")
 
 
 def _sync_close(handle) -> None:  # noqa: ANN001 - a binary file object

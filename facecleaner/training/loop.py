@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from facecleaner.config import TrainConfig
-from facecleaner.errors import CheckpointError, TooManyBadSamples
+from facecleaner.errors import CheckpointError, FaceCleanerError, TooManyBadSamples
 from facecleaner.model import prepare_images
 from facecleaner.model.backbones import load_backbone_weights
 from facecleaner.model.checkpoint import (
@@ -37,6 +37,7 @@ from facecleaner.model.runtime import autocast
 from facecleaner.progress import logger, progress_bar
 from facecleaner.sources.base import Source
 from facecleaner.sources.dataset import DecodedImages, batch_loader, index_batches
+from facecleaner.training.augment import augment
 from facecleaner.training.schedule import lr_factor, margin_at
 
 METRICS_FILE = "metrics.jsonl"
@@ -61,7 +62,7 @@ class TrainResult:
     warning: str | None
 
 
-class Interrupted(Exception):
+class Interrupted(FaceCleanerError):
     """SIGTERM arrived; a checkpoint was written and ``--resume`` continues from it."""
 
 
@@ -91,9 +92,9 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
     margin_warmup = int(config.margin_warmup_epochs * steps_per_epoch)
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "unreadable": []}
-    flip_rng = torch.Generator()
+    augment_rng = torch.Generator()
     if resume:
-        state = _load_checkpoint(run_dir / CHECKPOINT_FILE, backbone, head, optimizer, scaler, flip_rng)
+        state = _load_checkpoint(run_dir / CHECKPOINT_FILE, backbone, head, optimizer, scaler, augment_rng)
     unreadable = set(state["unreadable"])
     max_bad = config.max_bad_fraction * samples
 
@@ -111,7 +112,7 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                 first = state["step_in_epoch"] if epoch == state["epoch"] else 0
                 if first == 0:
                     torch.manual_seed(epoch_seed)
-                    flip_rng.manual_seed(epoch_seed + 1)
+                    augment_rng.manual_seed(epoch_seed + 1)
                 sums = _EpochSums()
                 started = time.perf_counter()
                 loader = batch_loader(dataset, batches[first:], config.workers, device.type == "cuda")
@@ -125,18 +126,14 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                             f"{len(unreadable)} of {samples} samples are unreadable "
                             f"(more than --max-bad-fraction {config.max_bad_fraction})",
                             "fix or remove the broken files, or raise --max-bad-fraction")
-                    flips = torch.rand(len(images), generator=flip_rng) < 0.5
                     if ok.sum() < 2:
                         continue
-                    x = prepare_images(images[ok], device, channels_last)
-                    flips = flips[ok].to(device)
-                    x = torch.where(flips[:, None, None, None], x.flip(3), x)
+                    x = augment(prepare_images(images[ok], device, channels_last), augment_rng, config.shift)
                     y = labels[indices[ok]].to(device, non_blocking=True)
                     for group in optimizer.param_groups:
                         group["lr"] = config.lr * lr_factor(global_step, warmup_steps, total_steps)
                     with autocast(device, config.precision):
-                        embeddings = backbone(x)
-                    out = head(embeddings.float(), y, margin=margin_at(global_step, margin_warmup, spec.margin))
+                        out = head(backbone(x), y, margin=margin_at(global_step, margin_warmup, spec.margin))
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(out.loss).backward()
                     scaler.unscale_(optimizer)
@@ -147,9 +144,10 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                     bar.update(len(images))
                     bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
                     if stop.requested:
-                        _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, flip_rng,
+                        _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
                                          epoch, step_in_epoch + 1, unreadable)
-                        raise Interrupted(f"stopped by SIGTERM in epoch {epoch + 1}; checkpoint written")
+                        raise Interrupted(f"stopped by SIGTERM in epoch {epoch + 1}; checkpoint written to {run_dir}",
+                                          "run the same command with --resume to continue")
                 bar.close()
                 elapsed = time.perf_counter() - started
                 images_seen += sums.count
@@ -162,7 +160,7 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                 logger.info("epoch %d/%d loss %.4f accuracy %.3f mean angle %.1f° %.0f img/s",
                             epoch + 1, config.epochs, metrics["loss"], metrics["accuracy"],
                             metrics["mean_angle"], metrics["images_per_second"])
-                _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, flip_rng,
+                _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
                                  epoch + 1, 0, unreadable)
         backbone.to(memory_format=torch.contiguous_format)
         atomic_save(model_payload(spec, backbone.cpu(), head.cpu()), run_dir / MODEL_FILE)
@@ -210,18 +208,18 @@ def _result(run_dir: Path, config: TrainConfig, steps: int, classes: int, sample
 
 
 def _save_checkpoint(run_dir: Path, spec: ModelSpec, backbone: torch.nn.Module, head: torch.nn.Module,
-                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, flip_rng: torch.Generator,
+                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, augment_rng: torch.Generator,
                      epoch: int, step_in_epoch: int, unreadable: set[int]) -> None:
     payload = model_payload(spec, backbone, head)
     payload.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
                    step_in_epoch=step_in_epoch, unreadable=sorted(unreadable),
-                   torch_rng=torch.get_rng_state(), flip_rng=flip_rng.get_state())
+                   torch_rng=torch.get_rng_state(), augment_rng=augment_rng.get_state())
     atomic_save(payload, run_dir / CHECKPOINT_FILE)
 
 
 def _load_checkpoint(path: Path, backbone: torch.nn.Module, head: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                     flip_rng: torch.Generator) -> dict[str, Any]:
+                     augment_rng: torch.Generator) -> dict[str, Any]:
     payload = load_payload(path)
     if "optimizer" not in payload:
         raise CheckpointError(f"{path} is a final model, not a training checkpoint", "start a new run")
@@ -231,7 +229,7 @@ def _load_checkpoint(path: Path, backbone: torch.nn.Module, head: torch.nn.Modul
     optimizer.load_state_dict(payload["optimizer"])
     scaler.load_state_dict(payload["scaler"])
     torch.set_rng_state(payload["torch_rng"])
-    flip_rng.set_state(payload["flip_rng"])
+    augment_rng.set_state(payload["augment_rng"])
     return {"epoch": payload["epoch"], "step_in_epoch": payload["step_in_epoch"],
             "unreadable": payload["unreadable"]}
 

@@ -1,0 +1,87 @@
+"""End to end on generated data: train → score → prune drops planted noise; resume is bit-for-bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from facecleaner import api
+from facecleaner.config import TrainConfig
+from facecleaner.sources.synthetic import generate_noisy_faces
+from facecleaner.training import loop
+
+TINY = dict(backbone="tiny", image_size=24, embedding_size=32, batch_size=32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def noisy_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("noisy")
+    return generate_noisy_faces(root, identities=12, images_per_identity=20, image_size=24, close_set_noise=0.1,
+                                open_set_noise=0.1, seed=3)
+
+
+@pytest.mark.slow
+def test_planted_noise_is_dropped_far_more_often_than_clean(noisy_set: Path, tmp_path: Path) -> None:
+    summary = api.train(noisy_set, tmp_path / "run", TrainConfig(epochs=30, **TINY), progress=False)
+    assert summary["separated"], summary["warning"]
+    scored = api.score(tmp_path / "run", noisy_set, tmp_path / "scores.parquet", device="cpu", progress=False)
+    assert scored["median_angle"] < 60
+    api.prune(tmp_path / "scores.parquet", tmp_path / "clean.parquet")
+    clean = pd.read_parquet(tmp_path / "clean.parquet")
+    truth = pd.read_parquet(noisy_set)
+    dropped = ~truth.index.isin(clean.sample_id)
+    noise = truth.is_noise.to_numpy()
+    noise_drop_rate = dropped[noise].mean()
+    clean_drop_rate = dropped[~noise].mean()
+    assert noise_drop_rate > 0.5, (noise_drop_rate, clean_drop_rate)
+    assert noise_drop_rate > 5 * clean_drop_rate, (noise_drop_rate, clean_drop_rate)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    payload = torch.load(run_dir / "model.pt", weights_only=True)
+    return {**{f"b.{k}": v for k, v in payload["backbone"].items()},
+            **{f"h.{k}": v for k, v in payload["head"].items()}}
+
+
+@pytest.mark.parametrize("stop_at_step", [9, 14])  # mid-epoch, and the first step of an epoch
+def test_resume_after_sigterm_is_bit_for_bit(noisy_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             stop_at_step: int) -> None:
+    config = TrainConfig(epochs=3, seed=5, **TINY)
+    api.train(noisy_set, tmp_path / "straight", config, progress=False)
+
+    real_lr_factor = loop.lr_factor
+
+    def sigterm_once(step: int, *args: int) -> float:
+        if step == stop_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_lr_factor(step, *args)
+
+    monkeypatch.setattr(loop, "lr_factor", sigterm_once)
+    with pytest.raises(loop.Interrupted, match="--resume"):
+        api.train(noisy_set, tmp_path / "resumed", config, progress=False)
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    monkeypatch.setattr(loop, "lr_factor", real_lr_factor)
+    api.train(noisy_set, tmp_path / "resumed", config, resume=True, progress=False)
+
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def test_score_embeddings_file_holds_unit_vectors(noisy_set: Path, tmp_path: Path) -> None:
+    api.train(noisy_set, tmp_path / "run", TrainConfig(epochs=1, **TINY), progress=False)
+    api.score(tmp_path / "run", noisy_set, tmp_path / "s.parquet", device="cpu", embeddings=tmp_path / "e.npy",
+              progress=False)
+    embeddings = np.load(tmp_path / "e.npy")
+    assert embeddings.shape == (len(pd.read_parquet(noisy_set)), 32) and embeddings.dtype == np.float16
+    assert np.allclose(np.linalg.norm(embeddings.astype(np.float32), axis=1), 1.0, atol=1e-2)
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -1,0 +1,293 @@
+"""Sources: image decoding, identity folders, manifests, dispatch on what DATA is, and the label maps."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from facecleaner.errors import InputError
+from facecleaner.sources import UnreadableImage, decode_image, open_source
+from facecleaner.sources.files import FileSource, open_identity_folders, open_manifest
+from facecleaner.sources.labels import encode_labels, lookup_labels
+from facecleaner.sources.recordio import RecordIOSource, RecordIOWriter
+
+SIZE = 16
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:  # noqa: ANN003
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def noise_rgb(width: int = 32, height: int = 32, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mode="RGB")
+
+
+def png_file(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (SIZE, SIZE), colour).save(path, format="PNG")
+    return path
+
+
+def assert_decoded(pixels: np.ndarray, size: int = SIZE) -> None:
+    assert isinstance(pixels, np.ndarray)
+    assert pixels.shape == (size, size, 3)
+    assert pixels.dtype == np.uint8
+
+
+# --- decode_image -----------------------------------------------------------------------------------------
+
+def test_decode_rgb_png_keeps_pixels() -> None:
+    image = noise_rgb(SIZE, SIZE)
+    pixels = decode_image(encode(image), SIZE)
+    assert_decoded(pixels)
+    np.testing.assert_array_equal(pixels, np.asarray(image))
+
+
+def test_decode_greyscale_becomes_three_equal_channels() -> None:
+    grey = noise_rgb(SIZE, SIZE).convert("L")
+    pixels = decode_image(encode(grey), SIZE)
+    assert_decoded(pixels)
+    np.testing.assert_array_equal(pixels[..., 0], np.asarray(grey))
+    np.testing.assert_array_equal(pixels[..., 0], pixels[..., 1])
+    np.testing.assert_array_equal(pixels[..., 1], pixels[..., 2])
+
+
+def test_decode_cmyk_jpeg() -> None:
+    data = encode(Image.new("RGB", (24, 24), (200, 40, 40)).convert("CMYK"), "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    pixels = decode_image(data, SIZE)
+    assert_decoded(pixels)
+    red, green, blue = (int(v) for v in pixels.reshape(-1, 3).mean(axis=0))
+    assert red > 150 and green < 100 and blue < 100
+
+
+def test_decode_rgba_png_composites_on_white() -> None:
+    rgba = Image.new("RGBA", (SIZE, SIZE), (255, 0, 0, 0))  # fully transparent red
+    rgba.paste((0, 0, 255, 255), (0, 0, SIZE // 2, SIZE))  # opaque blue left half
+    pixels = decode_image(encode(rgba), SIZE)
+    assert_decoded(pixels)
+    assert pixels[0, -1].tolist() == [255, 255, 255]
+    assert pixels[0, 0].tolist() == [0, 0, 255]
+
+
+def test_decode_16_bit_greyscale_is_rescaled_not_clipped() -> None:
+    values = (np.arange(SIZE * SIZE, dtype=np.uint16).reshape(SIZE, SIZE) * 200).astype(np.uint16)
+    data = encode(Image.fromarray(values))
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    pixels = decode_image(data, SIZE)
+    assert_decoded(pixels)
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert len(np.unique(pixels)) > 100  # a gradient, not a clipped white image
+
+
+def test_decode_palette_png() -> None:
+    palette = noise_rgb(SIZE, SIZE).convert("P")
+    assert palette.mode == "P"
+    pixels = decode_image(encode(palette), SIZE)
+    assert_decoded(pixels)
+    np.testing.assert_array_equal(pixels, np.asarray(palette.convert("RGB")))
+
+
+def test_decode_resizes_to_requested_size() -> None:
+    image = Image.new("RGB", (200, 150), (10, 120, 230))
+    pixels = decode_image(encode(image), SIZE)
+    assert_decoded(pixels)
+    assert (pixels == np.array([10, 120, 230], dtype=np.uint8)).all()
+    assert_decoded(decode_image(encode(image, "JPEG"), 24), 24)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00garbage, not an image" * 8], ids=["zero-bytes", "garbage"])
+def test_decode_unreadable_bytes(data: bytes) -> None:
+    with pytest.raises(UnreadableImage) as info:
+        decode_image(data, SIZE)
+    assert str(info.value)
+
+
+def test_decode_truncated_jpeg() -> None:
+    data = encode(noise_rgb(64, 64), "JPEG")
+    with pytest.raises(UnreadableImage, match="truncated"):
+        decode_image(data[: len(data) // 2], SIZE)
+
+
+# --- identity folders ---------------------------------------------------------------------------------------
+
+def test_identity_folders_sorted_identities_and_files(tmp_path: Path) -> None:
+    for name in ("zoe", "adam", "Mia"):
+        for file in ("b.png", "a.png", "c.JPG"):
+            png_file(tmp_path / name / file)
+    (tmp_path / "adam" / "notes.txt").write_text("not an image")
+    (tmp_path / "loose.png").write_bytes(encode(noise_rgb()))  # a file at the root is no identity
+    table = open_identity_folders(tmp_path).table()
+    assert table["label"].tolist() == ["Mia"] * 3 + ["adam"] * 3 + ["zoe"] * 3
+    assert table["path"].tolist()[:3] == ["Mia/a.png", "Mia/b.png", "Mia/c.JPG"]
+
+
+def test_identity_folder_files_sorted_non_images_ignored_nested(tmp_path: Path) -> None:
+    person = tmp_path / "Zoë Saldaña"  # spaces and non-ASCII in the identity
+    for relative in ("b.png", "a photo.png", "ö.jpg", "sub dir/z.png", "sub dir/deeper/y.png", "a_sub/x.png"):
+        png_file(person / relative)
+    for junk in ("notes.txt", "Thumbs.db", ".DS_Store", "sub dir/readme.md"):
+        (person / junk).write_text("x")
+    source = open_identity_folders(tmp_path)
+    table = source.table()
+    assert table["path"].tolist() == [
+        "Zoë Saldaña/a photo.png", "Zoë Saldaña/b.png", "Zoë Saldaña/ö.jpg",
+        "Zoë Saldaña/a_sub/x.png", "Zoë Saldaña/sub dir/z.png", "Zoë Saldaña/sub dir/deeper/y.png",
+    ]
+    assert set(table["label"]) == {"Zoë Saldaña"}
+    assert table["rec_index"].isna().all()
+    for index in range(len(table)):
+        assert_decoded(decode_image(source.read_bytes(index), SIZE))
+
+
+def test_identity_folders_empty_root(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no images found"):
+        open_identity_folders(tmp_path)
+
+
+# --- manifests ------------------------------------------------------------------------------------------------
+
+def test_manifest_relative_paths_resolve_against_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data set"
+    png_file(data / "imgs" / "é 1.png")
+    png_file(data / "imgs" / "2.png")
+    absolute = png_file(tmp_path / "elsewhere" / "3.png")
+    manifest = data / "list.csv"
+    pd.DataFrame({"path": ["imgs/é 1.png", "imgs/2.png", str(absolute)], "label": ["a", "b", "a"],
+                  "note": ["x", "y", "z"]}).to_csv(manifest, index=False)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    source = open_source(os.path.relpath(manifest))
+    assert source.table()["path"].tolist() == ["imgs/é 1.png", "imgs/2.png", str(absolute)]
+    assert source.table()["note"].tolist() == ["x", "y", "z"]
+    for index in range(3):
+        assert_decoded(decode_image(source.read_bytes(index), SIZE))
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_manifest_missing_label_names_the_row(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"m.{suffix}"
+    if suffix == "csv":
+        path.write_text("path,label\na.png,alice\nb.png,\nc.png,bob\n")
+    else:
+        pq.write_table(pa.table({"path": ["a.png", "b.png", "c.png"], "label": ["alice", None, "bob"]}), path)
+    with pytest.raises(InputError, match="row 1"):
+        open_manifest(path)
+
+
+def test_manifest_nan_float_label_names_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"path": ["a.png", "b.png", "c.png"], "label": [1.0, 2.0, float("nan")]}), path)
+    with pytest.raises(InputError, match="row 2"):
+        open_source(path)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_manifest_fractional_labels(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"m.{suffix}"
+    frame = pd.DataFrame({"path": ["a.png", "b.png"], "label": [1.5, 2.0]})
+    frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
+    with pytest.raises(InputError, match="fractional"):
+        open_source(path)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_manifest_label_types(tmp_path: Path, suffix: str) -> None:
+    for labels, integer in (([3, 1, 2], True), (["x", "y", "x"], False)):
+        path = tmp_path / f"m.{suffix}"
+        frame = pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "label": labels})
+        frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
+        label = open_source(path).table()["label"]
+        assert pd.api.types.is_integer_dtype(label.dtype) is integer
+        assert label.tolist() == labels
+
+
+# --- open_source dispatch ---------------------------------------------------------------------------------------
+
+def write_recordio(folder: Path) -> Path:
+    with RecordIOWriter(folder, image_size=(SIZE, SIZE)) as writer:
+        for label in (0, 0, 1):
+            writer.write(label, encode(noise_rgb(SIZE, SIZE, seed=label)))
+    return folder / "train.rec"
+
+
+def test_open_source_dispatch(tmp_path: Path) -> None:
+    png_file(tmp_path / "folders" / "alice" / "1.png")
+    folder = open_source(tmp_path / "folders")
+    assert isinstance(folder, FileSource) and folder.table()["label"].tolist() == ["alice"]
+
+    (tmp_path / "m.csv").write_text("path,label\nfolders/alice/1.png,7\n")
+    assert isinstance(open_source(tmp_path / "m.csv"), FileSource)
+    pq.write_table(pa.table({"path": ["folders/alice/1.png"], "label": ["alice"]}), tmp_path / "M.PARQUET")
+    assert isinstance(open_source(tmp_path / "M.PARQUET"), FileSource)
+
+    rec = write_recordio(tmp_path / "rec")
+    for data in (tmp_path / "rec", rec):
+        source = open_source(data)
+        assert isinstance(source, RecordIOSource)
+        assert source.table()["label"].tolist() == [0, 0, 1]
+        assert source.table()["path"].isna().all()
+        assert_decoded(decode_image(source.read_bytes(2), SIZE))
+
+    (tmp_path / "data.txt").write_text("a.png,1\n")
+    with pytest.raises(InputError, match="cannot tell"):
+        open_source(tmp_path / "data.txt")
+    with pytest.raises(InputError, match="does not exist"):
+        open_source(tmp_path / "nothing here")
+
+
+@pytest.mark.parametrize("content", ["", "path,label\n"], ids=["zero-bytes", "header-only"])
+def test_open_source_empty_csv(tmp_path: Path, content: str) -> None:
+    (tmp_path / "m.csv").write_text(content)
+    with pytest.raises(InputError, match="m.csv"):
+        open_source(tmp_path / "m.csv")
+
+
+# --- labels ------------------------------------------------------------------------------------------------------
+
+def test_encode_labels_sorts_integers_numerically() -> None:
+    codes, classes = encode_labels(pd.Series(pd.array([10, 2, 1, 10, 2], dtype="Int64")))
+    assert classes == [1, 2, 10]
+    assert all(type(c) is int for c in classes)
+    assert codes.tolist() == [2, 1, 0, 2, 1]
+    assert codes.dtype == np.int32
+
+
+def test_encode_labels_sorts_strings_lexicographically() -> None:
+    codes, classes = encode_labels(pd.Series(pd.array(["b", "a", "10", "9", "B", "é"], dtype="string")))
+    assert classes == ["10", "9", "B", "a", "b", "é"]
+    assert all(type(c) is str for c in classes)
+    assert codes.tolist() == [4, 3, 0, 1, 2, 5]
+
+
+def test_encode_labels_does_not_depend_on_row_order() -> None:
+    _, forward = encode_labels(pd.Series(["c", "a", "b"]))
+    _, backward = encode_labels(pd.Series(["b", "a", "c"]))
+    assert forward == backward
+
+
+def test_encode_labels_missing_label() -> None:
+    with pytest.raises(InputError, match="row 1"):
+        encode_labels(pd.Series(pd.array(["a", None, "b"], dtype="string")))
+
+
+def test_lookup_labels_unknown_is_minus_one() -> None:
+    assert lookup_labels(pd.Series(pd.array([10, 3, 1, 2], dtype="Int64")), [1, 2, 10]).tolist() == [2, -1, 0, 1]
+    assert lookup_labels(pd.Series(pd.array(["b", "zed", "a"], dtype="string")), ["a", "b"]).tolist() == [1, -1, 0]
+    # integer labels under a model trained on string labels compare by their text
+    assert lookup_labels(pd.Series(pd.array([1, 5], dtype="Int64")), ["1", "a"]).tolist() == [0, -1]
+    assert lookup_labels(pd.Series(["a"]), []).tolist() == [-1]
+
+
+def test_lookup_string_labels_under_integer_model() -> None:
+    assert lookup_labels(pd.Series(pd.array(["alice", "bob"], dtype="string")), [1, 2]).tolist() == [-1, -1]
