@@ -232,8 +232,8 @@ def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_
 @main.command()
 @click.option("--out", type=PATH, default=Path("facecleaner-demo"), show_default=True,
               help="Folder for the generated data, the run and the manifests.")
-@click.option("--identities", type=click.IntRange(min=2), default=60, show_default=True)
-@click.option("--images-per-identity", type=click.IntRange(min=2), default=40, show_default=True)
+@click.option("--identities", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--images-per-identity", type=click.IntRange(min=2), default=30, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: automatic].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @quiet_option

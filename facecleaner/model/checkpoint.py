@@ -36,10 +36,12 @@ class ModelSpec:
     scale: float
     margin: float
     classes: list = field(default_factory=list)
+    dropout: float = 0.0
     facecleaner_version: str = __version__
 
     def build(self) -> tuple[torch.nn.Module, SubCenterArcFace]:
-        backbone = build_backbone(self.backbone, embedding_size=self.embedding_size, image_size=self.image_size)
+        backbone = build_backbone(self.backbone, embedding_size=self.embedding_size, image_size=self.image_size,
+                                  dropout=self.dropout)
         head = SubCenterArcFace(len(self.classes), self.subcenters, self.embedding_size, self.scale, self.margin)
         return backbone, head
 

@@ -68,6 +68,7 @@ def open_manifest(path: Path) -> FileSource:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"cannot read manifest {path}: {exc}".splitlines()[0],
                          "give a Parquet or CSV file with columns path,label") from exc
+    frame = frame.reset_index(drop=True)  # a Parquet file written from a filtered DataFrame keeps its index
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
         raise InputError(f"manifest {path} has no column {', '.join(repr(c) for c in missing)} "
