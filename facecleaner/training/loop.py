@@ -70,6 +70,7 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                 resume: bool = False, progress: bool = True) -> TrainResult:
     """Train ``spec`` on ``source`` (labels already encoded) and write ``RUN_DIR/model.pt``."""
     device = torch.device(config.device)
+    torch.manual_seed(config.seed)  # the initial weights too are a function of --seed
     backbone, head = spec.build()
     if config.init_backbone:
         load_backbone_weights(backbone, Path(config.init_backbone))
