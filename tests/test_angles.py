@@ -94,3 +94,20 @@ def test_summarize_measures_angle_to_dominant_not_nearest() -> None:
     assert per_class == [{"class_index": 0, "label": "x", "samples": 5, "readable": 4, "kept": None,
                           "dominant_subcenter": 0, "nearest_counts": [3, 0, 1], "new_label": None}]
     assert pa.types.is_string(table.schema.field("label").type)
+
+
+def test_faiss_search_agrees_with_torch_and_float64() -> None:
+    from facecleaner.scoring.search import OtherClassSearch
+
+    rng = np.random.default_rng(7)
+    subs = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(50, 3, 16))).float(), dim=2)
+    emb = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(64, 16))).float(), dim=1)
+    # Half the samples sit right on one of their own sub-centers, so the own class fills the top K.
+    labels = torch.from_numpy(rng.integers(0, 50, size=64))
+    emb[:32] = subs[labels[:32], 1]
+    faiss_class, faiss_cos = OtherClassSearch(subs)(emb, labels)
+    torch_class, torch_cos = nearest_other_class(emb, subs, labels)
+    assert faiss_class.tolist() == torch_class.tolist()
+    assert faiss_cos.numpy() == pytest.approx(torch_cos.numpy(), abs=1e-5)
+    single_class, single_cos = OtherClassSearch(subs[:1])(emb[:3], torch.zeros(3, dtype=torch.long))
+    assert single_class.tolist() == [-1, -1, -1] and single_cos.tolist() == [-math.inf] * 3

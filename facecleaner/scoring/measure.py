@@ -18,7 +18,8 @@ from facecleaner.model import prepare_images
 from facecleaner.model.head import SubCenterArcFace
 from facecleaner.model.runtime import autocast, eval_mode
 from facecleaner.progress import progress_bar
-from facecleaner.scoring.angles import dominant_subcenters, nearest_other_class, own_class_cosines, to_degrees
+from facecleaner.scoring.angles import dominant_subcenters, own_class_cosines, to_degrees
+from facecleaner.scoring.search import OtherClassSearch
 from facecleaner.sources.dataset import DecodedImages, batch_loader, index_batches
 
 
@@ -62,6 +63,7 @@ def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedI
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
     subcenters = head.unit_subcenters().to(device)
+    search_other = OtherClassSearch(subcenters)
     labels = torch.from_numpy(classes.astype(np.int64))
     loader = batch_loader(dataset, index_batches(np.arange(count), batch_size), workers, device.type == "cuda")
     with eval_mode(backbone), progress_bar(count, "scoring", progress) as bar:
@@ -78,7 +80,7 @@ def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedI
             unit = torch.nn.functional.normalize(embeddings.float(), dim=1)
             y = labels[rows].to(device)
             own[rows] = own_class_cosines(unit, subcenters, y).cpu().numpy()
-            best_class, best_cos = nearest_other_class(unit, subcenters, y)
+            best_class, best_cos = search_other(unit, y)
             other_class[rows] = best_class.cpu().numpy()
             other_cos[rows] = best_cos.cpu().numpy()
             readable[rows] = True
