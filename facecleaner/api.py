@@ -204,6 +204,14 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
             "classes_kept": kept_classes, "angle": angle, "rule": rule}
 
 
+def export(manifest: str | Path, fmt: str, out: str | Path, link: str = "hardlink", label_column: str = "new_label",
+           progress: bool = True) -> dict[str, Any]:
+    """Write a clean manifest in a format other trainers read: ``rec``, ``folder``, ``csv`` or ``lst``."""
+    from facecleaner.exports import export_manifest
+
+    return export_manifest(Path(manifest), fmt, Path(out), link=link, label_column=label_column, progress=progress)
+
+
 def _embeddings_memmap(path: Path | None, rows: int, dim: int) -> np.memmap | None:
     """A float16 (rows, dim) .npy memmap at ``path`` (the temporary name of --embeddings), or None."""
     if path is None:

@@ -261,3 +261,35 @@ def demo(out: Path, identities: int, images_per_identity: int, epochs: int | Non
     for name, m in summary["rules"].items():
         lines.append(f"  {name:<20}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}{m['clean_kept']:>12.3f}")
     _emit(summary, as_json, lines)
+
+
+@main.command()
+@click.argument("manifest", type=PATH)
+@click.option("--format", "fmt", type=click.Choice(["rec", "folder", "csv", "lst"]), required=True,
+              help="rec: insightface train.rec/.idx/property; folder: <label>/<file>; csv: path,label; "
+                   "lst: index<TAB>label<TAB>path (mxnet im2rec order).")
+@click.option("--out", type=PATH, required=True, help="Destination folder (rec, folder) or file (csv, lst).")
+@click.option("--link", type=click.Choice(["hardlink", "symlink", "copy"]), default="hardlink", show_default=True,
+              help="How folder exports place images (hardlinks fall back to copies across filesystems).")
+@click.option("--label-column", type=click.Choice(["new_label", "label"]), default="new_label", show_default=True,
+              help="Which label to write: the contiguous new_label or the input's original label.")
+@quiet_option
+@json_option
+def export(manifest: Path, fmt: str, out: Path, link: str, label_column: str, quiet: bool, as_json: bool) -> None:
+    """Export a clean manifest for another trainer.
+
+    rec writes train.rec, train.idx and property in the layout insightface's arcface_torch reads (JPEG
+    bytes copied unchanged, other images re-encoded); folder builds an ImageFolder tree with sanitised
+    label names that never escape OUT. Exports are atomic.
+
+    \b
+    Example:
+      facecleaner export clean.parquet --format rec --out clean_rec/
+    """
+    from facecleaner import api
+
+    _setup_logging(quiet)
+    summary = _run(api.export)(manifest, fmt, out, link=link, label_column=label_column, progress=not quiet)
+    skipped = f", {summary['skipped']} skipped" if summary["skipped"] else ""
+    _emit(summary, as_json, [f"{fmt}: {summary['dest']} ({summary['written']} images, {summary['classes']} "
+                             f"classes{skipped})"])

@@ -85,3 +85,25 @@ def test_score_embeddings_file_holds_unit_vectors(noisy_set: Path, tmp_path: Pat
     assert embeddings.shape == (len(pd.read_parquet(noisy_set)), 32) and embeddings.dtype == np.float16
     assert np.allclose(np.linalg.norm(embeddings.astype(np.float32), axis=1), 1.0, atol=1e-2)
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_clean_set_exported_to_rec_retrains_with_one_subcenter(noisy_set: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from facecleaner.cli import main
+    from facecleaner.sources import open_source
+
+    api.train(noisy_set, tmp_path / "run", TrainConfig(epochs=2, **TINY), progress=False)
+    api.score(tmp_path / "run", noisy_set, tmp_path / "scores.parquet", device="cpu", progress=False)
+    api.prune(tmp_path / "scores.parquet", tmp_path / "clean.parquet", force=True)
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "clean.parquet"), "--format", "rec",
+                                       "--out", str(tmp_path / "rec"), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    clean = pd.read_parquet(tmp_path / "clean.parquet")
+    records = open_source(tmp_path / "rec").table()
+    assert len(records) == len(clean)
+    assert sorted(records.label.tolist()) == sorted(clean.new_label.tolist())
+    retrained = api.train(tmp_path / "rec", tmp_path / "k1", TrainConfig(epochs=1, subcenters=1, **TINY),
+                          progress=False)
+    assert retrained["classes"] == clean.new_label.nunique()
+    assert retrained["config"]["subcenters"] == 1

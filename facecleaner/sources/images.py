@@ -33,7 +33,7 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
             if image.format == "JPEG":
                 image.draft("RGB", (size, size))
             image.load()
-            rgb = _to_rgb(image)
+            rgb = to_rgb(image)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             return np.array(rgb, dtype=np.uint8)
@@ -44,7 +44,7 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         raise UnreadableImage(f"cannot decode image: {exc}".splitlines()[0][:200]) from exc
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """RGB view of any pillow mode; 16/32-bit greyscale is rescaled to 8 bits rather than clipped."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
