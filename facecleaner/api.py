@@ -134,8 +134,12 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
         if embeddings_store is not None:
             embeddings_store.flush()
     angles = scores.angle[raw.readable]
+    duplicates = int(table["path"].dropna().duplicated().sum())
+    if duplicates:
+        logger.warning("%d rows repeat a path already listed: each is scored as its own sample", duplicates)
     summary = {
         "scores": str(out), "samples": len(table), "classes": len(spec.classes), "unreadable": unreadable,
+        "duplicate_paths": duplicates,
         "median_angle": float(np.median(angles)) if len(angles) else math.nan,
         "over_75": int((angles > DEFAULT_ANGLE).sum()),
         "non_dominant": int((scores.nearest[raw.readable] != scores.dominant[class_index][raw.readable]).sum()),

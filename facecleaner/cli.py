@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,12 @@ def _run(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any
             raise ReportedError(f"{where}: {exc.strerror or exc} — check the path and its permissions") from exc
         except KeyboardInterrupt:
             raise ReportedError("interrupted") from None
+        except Exception as exc:  # a bug of ours: one line for the user, the traceback on request
+            if os.environ.get("FACECLEANER_DEBUG"):
+                raise
+            raise ReportedError(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} — "
+                                "this is a facecleaner bug: rerun with FACECLEANER_DEBUG=1 for the traceback and "
+                                "report it") from exc
 
     return wrapper
 

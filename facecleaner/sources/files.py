@@ -46,15 +46,24 @@ def open_identity_folders(root: Path) -> FileSource:
             for name in sorted(filenames):
                 if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                     paths.append(os.path.relpath(os.path.join(dirpath, name), root))
-                    labels.append(identity.name)
+                    labels.append(_displayable(identity.name))
     if not paths:
         raise InputError(f"no images found under {root}",
                          "DATA must hold one folder per identity with image files inside (<root>/<identity>/<image>)")
-    table = pd.DataFrame({"path": pd.array(paths, dtype="string"),
+    table = pd.DataFrame({"path": pd.array([_displayable(p) for p in paths], dtype="string"),
                           "rec_index": pd.array([None] * len(paths), dtype="Int64"),
                           "label": pd.array(labels, dtype="string")})
     resolved = [os.path.join(root, p) for p in paths]
     return FileSource(table, resolved, f"identity folders at {root}", root)
+
+
+def _displayable(name: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (kept by Python as surrogates) become \\xNN escapes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def open_manifest(path: Path) -> FileSource:
