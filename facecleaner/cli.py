@@ -129,6 +129,8 @@ def main() -> None:
 @workers_option
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0]; recorded in config.json.")
 @bad_option
+@click.option("--compile/--no-compile", "compile", default=None,
+              help="torch.compile the backbone [default: on with CUDA, off on the CPU].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @quiet_option
 @json_option

@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     max_bad_fraction: float = 0.01
     init_backbone: str | None = None
+    compile: bool | None = None
 
     def validate(self) -> None:
         """Reject impossible settings before any data is read."""
@@ -99,6 +100,7 @@ def resolve(config: TrainConfig, num_samples: int, num_classes: int) -> TrainCon
         device=str(device),
         precision=resolve_precision(config.precision, device),
         workers=config.workers if config.workers is not None else default_workers(device),
+        compile=config.compile if config.compile is not None else device.type == "cuda",
     )
 
 

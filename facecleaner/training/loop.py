@@ -82,7 +82,8 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
 
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD([p for p in params if p.requires_grad], lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, fused=device.type == "cuda" or None)
+    forward = torch.compile(backbone) if config.compile else backbone
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
 
     samples = len(class_index)
@@ -134,7 +135,7 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                     for group in optimizer.param_groups:
                         group["lr"] = config.lr * lr_factor(global_step, warmup_steps, total_steps)
                     with autocast(device, config.precision):
-                        out = head(backbone(x), y, margin=margin_at(global_step, margin_warmup, spec.margin))
+                        out = head(forward(x), y, margin=margin_at(global_step, margin_warmup, spec.margin))
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(out.loss).backward()
                     scaler.unscale_(optimizer)
