@@ -122,6 +122,10 @@ def main() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [default: by dataset size].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Batch size [default: 128].")
 @click.option("--lr", type=float, default=None, help="Peak SGD learning rate [default: 0.1 × batch / 256].")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Dropout before the embedding layer [default: 0].")
+@click.option("--shift", type=click.FloatRange(0, 0.5, max_open=True), default=None,
+              help="Random shift/zoom augmentation, as a fraction of the image size [default: 0.1].")
 @click.option("--init-backbone", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Start from these backbone weights (an insightface arcface_torch backbone.pth).")
 @device_option
@@ -152,7 +156,9 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
 
     _setup_logging(quiet)
     base = load_config(config_file) if config_file else TrainConfig()
-    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
+    context = click.get_current_context()
+    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
+             if v is not None and context.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     config = replace(base, **given)
     summary = _run(api.train)(data, out, config, resume=resume, progress=not quiet)
     _emit(summary, as_json, [
