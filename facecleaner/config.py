@@ -11,11 +11,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from facecleaner.errors import InputError
-from facecleaner.model.runtime import resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ def default_workers(device: torch.device) -> int:
 
 def resolve(config: TrainConfig, num_samples: int, num_classes: int) -> TrainConfig:
     """Fill every automatic field for this dataset and machine."""
+    from facecleaner.model.runtime import resolve_device, resolve_precision  # torch only when training
+
     device = resolve_device(config.device)
     backbone = config.backbone or ("r50" if device.type == "cuda" else "tiny")
     epochs = config.epochs or auto_epochs(num_samples)
