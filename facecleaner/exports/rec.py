@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from facecleaner.errors import InputError
 from facecleaner.exports.resolve import ExportInput, Tally, integer_labels, skip_reason
 from facecleaner.progress import progress_bar
-from facecleaner.sources.images import MAX_PIXELS, to_rgb
+from facecleaner.sources.images import UnreadableImage, load_rgb
 from facecleaner.sources.recordio import FLOAT32_EXACT, RecordIOWriter
 
 JPEG_QUALITY = 95
@@ -35,19 +33,12 @@ def is_jpeg(data: bytes) -> bool:
 def to_jpeg(data: bytes) -> bytes:
     """Decode any image pillow reads, convert to RGB (alpha over white) and encode as JPEG; ``OSError`` if not."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_PIXELS:
-                raise OSError(f"image too large ({image.width}x{image.height})")
-            image.load()
-            out = io.BytesIO()
-            to_rgb(image).save(out, format="JPEG", quality=JPEG_QUALITY)
-            return out.getvalue()
-    except (ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise OSError(f"cannot decode image: {exc}".splitlines()[0][:200]) from exc
-    except OSError as exc:  # pillow's UnidentifiedImageError is an OSError
-        raise OSError(f"cannot decode image: {exc}".splitlines()[0][:200]) from exc
+        image = load_rgb(data)
+    except UnreadableImage as exc:
+        raise OSError(str(exc)) from exc
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
 
 
 def image_size(meta: dict[str, Any]) -> int:

@@ -20,8 +20,12 @@ class UnreadableImage(Exception):
     """One sample's bytes are missing, empty or not a decodable image; ``str()`` is the reason."""
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decode ``data`` to a ``size``×``size``×3 uint8 RGB array (greyscale, CMYK, RGBA, 16-bit handled)."""
+def load_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
+    """Decode any image pillow reads to RGB (greyscale, CMYK, RGBA, palette, 16-bit handled).
+
+    ``draft_size`` lets a JPEG decode at a reduced scale that still covers it, much faster for large photos.
+    Raises ``UnreadableImage`` with a one-line reason for empty, corrupt, truncated or oversized input.
+    """
     if not data:
         raise UnreadableImage("empty file")
     try:
@@ -30,18 +34,23 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_PIXELS:
                 raise UnreadableImage(f"image too large ({image.width}x{image.height})")
-            if image.format == "JPEG":
-                image.draft("RGB", (size, size))
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
             image.load()
-            rgb = to_rgb(image)
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            return np.array(rgb, dtype=np.uint8)
+            return to_rgb(image)
     except UnreadableImage:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as exc:
         raise UnreadableImage(f"cannot decode image: {exc}".splitlines()[0][:200]) from exc
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Decode ``data`` to a ``size``×``size``×3 uint8 RGB array."""
+    rgb = load_rgb(data, draft_size=size)
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.array(rgb, dtype=np.uint8)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
