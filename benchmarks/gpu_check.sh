@@ -79,7 +79,13 @@ step score-r50 180 python benchmarks/bench_score.py "${DEV[@]}" --backbone $R50 
     --head-classes $HEAD --batch-size 256 --repeat 2 --workdir "$WORK/score"
 step score-r50-16workers 90 python benchmarks/bench_score.py "${DEV[@]}" --backbone $R50 --images $IMAGES \
     --identities $IDS --head-classes $HEAD --batch-size 256 --repeat 2 --workers 16 --workdir "$WORK/score"
+# `facecleaner train` itself from the JPEG folder the score step generated (decoding included): img/s in the JSON
+rm -rf "$WORK/run-disk"
+step train-r50-from-jpeg 150 facecleaner train "$WORK/score/data_${IMAGES}_${IDS}" --out "$WORK/run-disk" --backbone $R50 \
+    "${DEV[@]}" --epochs 1 --batch-size $BS --json -q
 if [[ "${GPU_CHECK_DRY:-0}" != 1 ]]; then
+    step train-r50-1M-ids 120 python benchmarks/bench_train.py --backbone r50 --classes 1000000 --batch-size 256 \
+        --precision bf16 --warmup 3 --steps 10
     step train-r50-bf16-compile 240 python benchmarks/bench_train.py --backbone r50 --batch-size 256 \
         --precision bf16 "${TRAIN_STEPS[@]}" --compile
 fi
