@@ -32,19 +32,29 @@ SUMMARY_FILE = "summary.json"
 
 def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Train a sub-center ArcFace model on ``data``; writes ``out/model.pt`` and returns the summary."""
+    """Train a sub-center ArcFace model on ``data``; writes ``out/model.pt`` and returns the summary.
+
+    Under torchrun every rank calls this: the backbone runs in DDP, the head is sharded by class, and
+    rank 0 alone writes the run directory's files.
+    """
+    from facecleaner import distributed
     from facecleaner.model.checkpoint import CHECKPOINT_FILE, MODEL_FILE, ModelSpec
+    from facecleaner.model.runtime import resolve_device
     from facecleaner.training.loop import train_model
 
     run_dir = Path(out)
     config = config or TrainConfig()
     config.validate()
+    world = distributed.init(resolve_device(config.device))
     source = open_source(data)
     table = source.table()
     class_index, classes = encode_labels(table["label"])
     if len(classes) < 2:
         raise InputError(f"{source.description} has only one identity",
                          "training separates identities: give a dataset with at least two")
+    if len(classes) < world.world:
+        raise InputError(f"{source.description} has {len(classes)} identities, fewer than the {world.world} "
+                         "processes the head is sharded over", "run on fewer processes (torchrun --nproc-per-node)")
     fingerprint = table_fingerprint(table)
     config_file = run_dir / "config.json"
     if resume:
@@ -64,19 +74,30 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
             raise InputError(f"{run_dir} already holds a run",
                              "pass --resume to continue it, or choose another --out")
         resolved = resolve(config, len(table), len(classes))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    save_config(resolved, config_file, {"input_fingerprint": fingerprint, "input": source.description,
-                                         "samples": len(table), "classes": len(classes)})
+        if world.enabled and config.lr is None:  # the default LR follows the global batch (batch_size × world)
+            resolved = replace(resolved, lr=resolved.lr * world.world)
+    world.barrier()  # every rank has checked the run dir before rank 0 writes to it
+    if world.is_main:
+        if not resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        save_config(resolved, config_file, {"input_fingerprint": fingerprint, "input": source.description,
+                                             "samples": len(table), "classes": len(classes),
+                                             **({"world_size": world.world} if world.enabled else {})})
+    world.barrier()
     spec = ModelSpec(backbone=resolved.backbone, embedding_size=resolved.embedding_size,
                      image_size=resolved.image_size, subcenters=resolved.subcenters, scale=resolved.scale,
                      margin=resolved.margin, classes=classes, dropout=resolved.dropout)
     logger.info("training %s on %d samples of %d identities (%s, %s, %d epochs, scale %.1f)", resolved.backbone,
                 len(table), len(classes), resolved.device, resolved.precision, resolved.epochs, resolved.scale)
-    result = train_model(source, class_index, spec, resolved, run_dir, resume=resume, progress=progress)
+    result = train_model(source, class_index, spec, resolved, run_dir, resume=resume, progress=progress,
+                         world=world)
     summary = {**asdict(result), "config": asdict(resolved)}
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    if result.warning:
+    if world.enabled:
+        summary["world_size"] = world.world
+    if world.is_main:
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if result.warning and world.is_main:
         logger.warning("%s", result.warning)
     return summary
 
@@ -84,11 +105,24 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
 def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 256, device: str = "auto",
           precision: str = "auto", workers: int | None = None, embeddings: str | Path | None = None,
           max_bad_fraction: float = 0.01, progress: bool = True) -> dict[str, Any]:
-    """Write the scores manifest of ``data`` under the model in ``run_dir``; returns the summary."""
+    """Write the scores manifest of ``data`` under the model in ``run_dir``; returns the summary.
+
+    Under torchrun each rank embeds a contiguous share of the samples; rank 0 gathers the measurements,
+    votes the dominant sub-centers over all of them and writes the one manifest, the same as one process.
+    """
+    from facecleaner import distributed
     from facecleaner.config import default_workers
+    from facecleaner.manifests.classes import classes_table
     from facecleaner.model.checkpoint import load_model
     from facecleaner.model.runtime import resolve_device, resolve_precision
-    from facecleaner.scoring.measure import classes_table, measure, scores_table, summarize
+    from facecleaner.scoring.measure import (
+        measure,
+        merge_measurements,
+        scores_table,
+        share_of_batches,
+        summarize,
+        take_rows,
+    )
     from facecleaner.sources.dataset import DecodedImages
 
     if batch_size < 1:
@@ -108,31 +142,54 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
     out = Path(out)
     if embeddings is not None and Path(embeddings).suffix != ".npy":
         raise InputError(f"--embeddings {embeddings} must end in .npy", "embeddings are saved as a float16 .npy array")
+    world = distributed.init(torch_device)
+    torch_device = world.device(torch_device)
     with contextlib.ExitStack() as stack:
-        embeddings_file = stack.enter_context(atomic_output(embeddings)) if embeddings is not None else None
+        embeddings_file = (stack.enter_context(atomic_output(embeddings))
+                           if embeddings is not None and world.is_main else None)
         embeddings_store = _embeddings_memmap(embeddings_file, len(table), spec.embedding_size)
+        share = share_of_batches(len(table), batch_size, world.world, world.rank) if world.enabled else None
+        collected = _CollectedRows() if world.enabled and embeddings is not None else None
         raw = measure(model.backbone, model.head, DecodedImages(source, spec.image_size), class_index, torch_device,
                       chosen_precision, batch_size, default_workers(torch_device) if workers is None else workers,
-                      progress, embeddings_store)
-        unreadable = int((~raw.readable).sum())
+                      progress and world.is_main, collected if world.enabled else embeddings_store, batches=share)
+        if world.enabled:
+            rows = np.array([i for batch in share for i in batch], dtype=np.int64)
+            part = take_rows(raw, rows)
+            part["embeddings"] = collected.parts if collected is not None else []
+            parts = world.gather_objects(part)
+            if world.is_main:
+                raw = merge_measurements(parts, len(table), spec.subcenters)
+                for gathered in parts:
+                    for index, values in gathered["embeddings"]:
+                        embeddings_store[index] = values
+        unreadable = world.broadcast_object(int((~raw.readable).sum()) if world.is_main else None)
         if unreadable > max_bad_fraction * len(table):
             raise TooManyBadSamples(f"{unreadable} of {len(table)} samples are unreadable "
                                     f"(more than --max-bad-fraction {max_bad_fraction})",
                                     "fix or remove the broken files, or raise --max-bad-fraction")
-        scores = summarize(raw, class_index, len(spec.classes))
-        manifest = scores_table(table, class_index, scores)
-        meta = manifest_metadata(
-            "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
-                             "scale": spec.scale, "embedding_size": spec.embedding_size,
-                             "image_size": spec.image_size},
-            num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
-            input_fingerprint=table_fingerprint(table), input_root=source_root(source))
-        write_manifest(out, manifest, meta)
-        write_manifest(sibling(out, "classes"),
-                       classes_table(class_index, manifest["label"].combine_chunks(), raw.readable, scores.nearest,
-                                     scores.dominant[class_index], spec.subcenters), meta | {"kind": "classes"})
-        if embeddings_store is not None:
-            embeddings_store.flush()
+        if not world.is_main:
+            stack.close()
+            return _follow_rank0(world)
+        try:
+            scores = summarize(raw, class_index, len(spec.classes))
+            manifest = scores_table(table, class_index, scores)
+            meta = manifest_metadata(
+                "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
+                                 "scale": spec.scale, "embedding_size": spec.embedding_size,
+                                 "image_size": spec.image_size},
+                num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
+                input_fingerprint=table_fingerprint(table), input_root=source_root(source))
+            write_manifest(out, manifest, meta)
+            write_manifest(sibling(out, "classes"),
+                           classes_table(class_index, manifest["label"], raw.readable,
+                                         scores.nearest, scores.dominant[class_index], spec.subcenters),
+                           meta | {"kind": "classes"})
+            if embeddings_store is not None:
+                embeddings_store.flush()
+        except BaseException as exc:
+            world.broadcast_object({"error": str(exc)})
+            raise
     angles = scores.angle[raw.readable]
     duplicates = int(table["path"].dropna().duplicated().sum())
     if duplicates:
@@ -145,19 +202,41 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
         "non_dominant": int((scores.nearest[raw.readable] != scores.dominant[class_index][raw.readable]).sum()),
         "device": str(torch_device), "precision": chosen_precision,
     }
+    if world.enabled:
+        summary["world_size"] = world.world
     if len(angles) and summary["median_angle"] > DEFAULT_ANGLE:
         logger.warning("median angle %.0f° is over %.0f°: the model has not separated the classes, and pruning "
                        "at %.0f° would drop most samples; retrain (see `facecleaner train --help`)",
                        summary["median_angle"], DEFAULT_ANGLE, DEFAULT_ANGLE)
-    return summary
+    return world.broadcast_object(summary)
+
+
+class _CollectedRows:
+    """Stands in for the embeddings memmap on ranks other than 0: keeps (rows, values) to send to rank 0."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __setitem__(self, rows: np.ndarray, values: np.ndarray) -> None:
+        self.parts.append((np.asarray(rows), values))
+
+
+def _follow_rank0(world: Any) -> dict[str, Any]:
+    """A non-zero rank's result: rank 0's summary, or rank 0's failure raised here too."""
+    from facecleaner.errors import FaceCleanerError
+
+    result = world.broadcast_object(None)
+    if "error" in result:
+        raise FaceCleanerError(f"rank 0 failed: {result['error']}", "see rank 0's error above")
+    return result
 
 
 def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dropped: str | Path | None = None,
           drop_non_dominant: bool = False, min_images: int = 1, max_drop_fraction: float = 0.5,
           force: bool = False) -> dict[str, Any]:
     """Split a scores manifest into clean (with ``new_label``) and dropped (with ``reason``) manifests."""
+    from facecleaner.manifests.classes import classes_table
     from facecleaner.pruning.rules import decide
-    from facecleaner.scoring.measure import classes_table
 
     if not 0.0 < angle < 180.0:
         raise InputError(f"--angle {angle} is outside (0, 180) degrees", "the paper's threshold is 75")
@@ -191,13 +270,13 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
     keep_mask = pa.array(keep)
     clean = table.filter(keep_mask)
     clean = clean.append_column(NEW_LABEL, pa.array(decision.new_label[keep]))
-    reasons = np.array(REASONS, dtype=object)[decision.reason[~keep]]
-    removed = table.filter(pc.invert(keep_mask)).append_column(REASON, pa.array(reasons, type=pa.string()))
+    reasons = pa.array(REASONS, pa.string()).take(pa.array(decision.reason[~keep].astype(np.int32)))
+    removed = table.filter(pc.invert(keep_mask)).append_column(REASON, reasons)
     write_manifest(out, clean, manifest_metadata("clean", **base_meta))
     write_manifest(dropped_path, removed, manifest_metadata("dropped", **base_meta))
     nearest = pc.fill_null(table["nearest_subcenter"], 0).to_numpy(zero_copy_only=False)
     subcenters = int(meta.get("model", {}).get("subcenters", int(nearest.max()) + 1 if len(nearest) else 1))
-    classes = classes_table(class_index, table["label"].combine_chunks(), readable, nearest,
+    classes = classes_table(class_index, table["label"], readable, nearest,
                             table["dominant_subcenter"].to_numpy(), subcenters, decision.kept_per_class,
                             decision.class_new_label)
     write_manifest(sibling(out, "classes"), classes, manifest_metadata("classes", **base_meta))

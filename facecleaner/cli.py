@@ -54,6 +54,8 @@ def _run(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any
 
 
 def _emit(summary: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only the first process prints results
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -121,6 +123,9 @@ def main() -> None:
               help="Square input size in pixels [default: 112].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [default: by dataset size].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Batch size [default: 128].")
+@click.option("--sample-rate", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Partial FC: per step each process scores its classes in the batch plus random others up to "
+                   "this share of its classes [default: 1 = all; 0.1-0.3 for millions of identities].")
 @click.option("--lr", type=float, default=None, help="Peak SGD learning rate [default: 0.1 × batch / 256].")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Dropout before the embedding layer [default: 0].")

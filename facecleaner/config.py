@@ -44,6 +44,7 @@ class TrainConfig:
     max_bad_fraction: float = 0.01
     init_backbone: str | None = None
     compile: bool | None = None
+    sample_rate: float = 1.0
 
     def validate(self) -> None:
         """Reject impossible settings before any data is read."""
@@ -59,6 +60,7 @@ class TrainConfig:
             (0.0 <= self.max_bad_fraction <= 1.0, "--max-bad-fraction must be in [0, 1]"),
             (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
             (0.0 <= self.shift < 0.5, "--shift must be in [0, 0.5)"),
+            (0.0 < self.sample_rate <= 1.0, "--sample-rate must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 import torch
 
+from facecleaner.manifests.classes import classes_table
 from facecleaner.scoring.angles import dominant_subcenters, nearest_other_class, own_class_cosines, to_degrees
-from facecleaner.scoring.measure import Measurements, classes_table, scores_table, summarize
+from facecleaner.scoring.measure import Measurements, scores_table, summarize
 
 
 def unit(degrees: float) -> list[float]:

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from facecleaner.manifests.schema import RESERVED, STATUS_OK, classes_schema, scores_schema
+from facecleaner.manifests.schema import RESERVED, STATUS_OK, scores_schema
 from facecleaner.model import prepare_images
 from facecleaner.model.head import SubCenterArcFace
 from facecleaner.model.runtime import autocast, eval_mode
@@ -49,8 +49,13 @@ class Scores:
 
 def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedImages, classes: np.ndarray,
             device: torch.device, precision: str, batch_size: int, workers: int, progress: bool = True,
-            embeddings_out: np.ndarray | None = None) -> Measurements:
-    """Run the backbone in eval mode over all samples, in input order."""
+            embeddings_out: np.ndarray | None = None, batches: list[list[int]] | None = None) -> Measurements:
+    """Run the backbone in eval mode over all samples, in input order.
+
+    ``batches`` (default: every sample, ``batch_size`` at a time) limits the pass to those index batches —
+    one rank's share under torchrun; the other rows stay unreadable-shaped (NaN / -1) and are merged by
+    :func:`merge_measurements`.
+    """
     count = len(dataset)
     subs = head.subcenters
     own = np.full((count, subs), np.nan, dtype=np.float32)
@@ -65,8 +70,10 @@ def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedI
     subcenters = head.unit_subcenters().to(device)
     search_other = OtherClassSearch(subcenters)
     labels = torch.from_numpy(classes.astype(np.int64))
-    loader = batch_loader(dataset, index_batches(np.arange(count), batch_size), workers, device.type == "cuda")
-    with eval_mode(backbone), progress_bar(count, "scoring", progress) as bar:
+    if batches is None:
+        batches = index_batches(np.arange(count), batch_size)
+    loader = batch_loader(dataset, batches, workers, device.type == "cuda")
+    with eval_mode(backbone), progress_bar(sum(map(len, batches)), "scoring", progress) as bar:
         for images, ok, indices, why in loader:
             for index, good, reason in zip(indices.tolist(), ok.tolist(), why, strict=True):
                 if not good:
@@ -87,6 +94,39 @@ def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedI
             if embeddings_out is not None:
                 embeddings_out[rows.numpy()] = unit.cpu().numpy().astype(np.float16)
     return Measurements(readable, reasons, own, other_class, other_cos)
+
+
+def share_of_batches(count: int, batch_size: int, world: int, rank: int) -> list[list[int]]:
+    """Rank ``rank``'s contiguous run of the single-process batches: each batch is scored exactly as one
+    process would score it, so the merged result equals a one-process run."""
+    batches = index_batches(np.arange(count), batch_size)
+    base, extra = divmod(len(batches), world)
+    start = rank * base + min(rank, extra)
+    return batches[start:start + base + (1 if rank < extra else 0)]
+
+
+def take_rows(measurements: Measurements, rows: np.ndarray) -> dict:
+    """The given rows of a (full-length) Measurements, to send to rank 0."""
+    m = measurements
+    return {"rows": rows, "readable": m.readable[rows], "reasons": [m.reasons[i] for i in rows.tolist()],
+            "own_cosines": m.own_cosines[rows], "other_class": m.other_class[rows],
+            "other_cosine": m.other_cosine[rows]}
+
+
+def merge_measurements(parts: list[dict], count: int, subcenters: int) -> Measurements:
+    """Every rank's :func:`take_rows` put back into one Measurements, in input order."""
+    merged = Measurements(np.zeros(count, dtype=bool), [""] * count,
+                          np.full((count, subcenters), np.nan, dtype=np.float32),
+                          np.full(count, -1, dtype=np.int32), np.full(count, np.nan, dtype=np.float32))
+    for part in parts:
+        rows = part["rows"]
+        merged.readable[rows] = part["readable"]
+        merged.own_cosines[rows] = part["own_cosines"]
+        merged.other_class[rows] = part["other_class"]
+        merged.other_cosine[rows] = part["other_cosine"]
+        for index, reason in zip(rows.tolist(), part["reasons"], strict=True):
+            merged.reasons[index] = reason
+    return merged
 
 
 def summarize(measurements: Measurements, classes: np.ndarray, num_classes: int) -> Scores:
@@ -136,36 +176,3 @@ def scores_table(source_table: pd.DataFrame, classes: np.ndarray, scores: Scores
     schema = scores_schema(label_type, extras.schema)
     arrays = list(columns.values()) + list(extras.columns)
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def classes_table(class_index: np.ndarray, labels: pa.Array, readable: np.ndarray, nearest: np.ndarray,
-                  dominant_per_row: np.ndarray, subcenters: int, kept_per_class: np.ndarray | None = None,
-                  class_new_label: np.ndarray | None = None) -> pa.Table:
-    """One row per class present in the data (by class index): counts, dominant sub-center, votes.
-
-    Built from per-row columns alone, so ``score`` and ``prune`` (which sees only the scores file) agree.
-    """
-    present, first = np.unique(class_index, return_index=True)
-    size = int(class_index.max()) + 1 if len(class_index) else 0
-    samples = np.bincount(class_index, minlength=size)[present]
-    readable_count = np.bincount(class_index[readable], minlength=size)[present]
-    votes = np.bincount(class_index[readable].astype(np.int64) * subcenters + nearest[readable].astype(np.int64),
-                        minlength=size * subcenters).reshape(size, subcenters)[present]
-    flat = pa.array(votes.reshape(-1).astype(np.int64))
-    offsets = pa.array(np.arange(0, len(flat) + 1, subcenters, dtype=np.int32))
-    label_array = labels.take(pa.array(first))
-    return pa.Table.from_arrays(
-        [pa.array(present.astype(np.int32)), label_array, pa.array(samples.astype(np.int64)),
-         pa.array(readable_count.astype(np.int64)),
-         _optional(kept_per_class, present),
-         pa.array(dominant_per_row[first].astype(np.int8)),
-         pa.ListArray.from_arrays(offsets, flat),
-         _optional(class_new_label, present)],
-        schema=classes_schema(label_array.type))
-
-
-def _optional(per_class: np.ndarray | None, present: np.ndarray) -> pa.Array:
-    """An int64 column for the present classes, or all nulls when the caller has no such values yet."""
-    if per_class is None:
-        return pa.nulls(len(present), pa.int64())
-    return pa.array(per_class[present].astype(np.int64))

@@ -1,8 +1,13 @@
-"""One process, one device: the sub-center ArcFace training loop.
+"""The sub-center ArcFace training loop: one process, or one rank of a torchrun job.
 
 Determinism: the sample order, the flips and the global RNG of epoch ``e`` derive from ``(seed, e)``, and
 mid-epoch checkpoints (SIGTERM) carry the RNG states, so ``--resume`` reproduces an uninterrupted run
 bit-for-bit on the CPU.
+
+Under torchrun every rank draws the same epoch order; a step's global batch is ``batch_size × world``
+samples and rank ``r`` takes its ``r``-th share. The backbone runs in DDP; the head is sharded by class
+(:class:`ShardedSubCenterArcFace`), as it is in one process with ``sample_rate < 1``. Checkpoints always
+hold the whole head in class order (plus the shard layout), so a run saved on N ranks resumes on M.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import numpy as np
 import torch
 
 from facecleaner.config import TrainConfig
+from facecleaner.distributed import Dist, shard_ranges
 from facecleaner.errors import CheckpointError, FaceCleanerError, TooManyBadSamples
 from facecleaner.model import prepare_images
-from facecleaner.model.backbones import load_backbone_weights
+from facecleaner.model.backbones import build_backbone, load_backbone_weights
 from facecleaner.model.checkpoint import (
     CHECKPOINT_FILE,
     MODEL_FILE,
+    MODEL_FORMAT,
     ModelSpec,
     atomic_save,
     load_payload,
@@ -34,6 +41,7 @@ from facecleaner.model.checkpoint import (
     restore,
 )
 from facecleaner.model.runtime import autocast
+from facecleaner.model.sharded_head import ShardedSubCenterArcFace, gather_rows
 from facecleaner.progress import logger, progress_bar
 from facecleaner.sources.base import Source
 from facecleaner.sources.dataset import DecodedImages, batch_loader, index_batches
@@ -67,11 +75,21 @@ class Interrupted(FaceCleanerError):
 
 
 def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config: TrainConfig, run_dir: Path,
-                resume: bool = False, progress: bool = True) -> TrainResult:
+                resume: bool = False, progress: bool = True, world: Dist | None = None) -> TrainResult:
     """Train ``spec`` on ``source`` (labels already encoded) and write ``RUN_DIR/model.pt``."""
-    device = torch.device(config.device)
+    world = world or Dist()
+    sample_rate = config.sample_rate
+    sharded = world.enabled or sample_rate < 1.0
+    device = world.device(torch.device(config.device))
     torch.manual_seed(config.seed)  # the initial weights too are a function of --seed
-    backbone, head = spec.build()
+    if sharded:
+        backbone = build_backbone(spec.backbone, embedding_size=spec.embedding_size, image_size=spec.image_size,
+                                  dropout=spec.dropout)
+        head: torch.nn.Module = ShardedSubCenterArcFace(
+            len(spec.classes), spec.subcenters, spec.embedding_size, spec.scale, spec.margin, world.rank,
+            world.world, sample_rate, config.seed)
+    else:
+        backbone, head = spec.build()
     if config.init_backbone:
         load_backbone_weights(backbone, Path(config.init_backbone))
     backbone.to(device)
@@ -83,12 +101,17 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD([p for p in params if p.requires_grad], lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, fused=device.type == "cuda" or None)
-    forward = torch.compile(backbone) if config.compile else backbone
+    model = backbone
+    if world.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            backbone, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(model) if config.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
 
     samples = len(class_index)
     labels = torch.from_numpy(class_index.astype(np.int64))
-    steps_per_epoch = len(index_batches(np.arange(samples), config.batch_size, drop_last=True))
+    global_batch = config.batch_size * world.world
+    steps_per_epoch = len(index_batches(np.arange(samples), global_batch, drop_last=True))
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     margin_warmup = int(config.margin_warmup_epochs * steps_per_epoch)
@@ -96,13 +119,14 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "unreadable": []}
     augment_rng = torch.Generator()
     if resume:
-        state = _load_checkpoint(run_dir / CHECKPOINT_FILE, backbone, head, optimizer, scaler, augment_rng)
+        state = _load_checkpoint(run_dir / CHECKPOINT_FILE, backbone, head, optimizer, scaler, augment_rng,
+                                 world, global_batch)
     unreadable = set(state["unreadable"])
     max_bad = config.max_bad_fraction * samples
 
     dataset = DecodedImages(source, spec.image_size)
     stop = _StopFlag()
-    log_handler = _file_log(run_dir / "train.log")
+    log_handler = _file_log(run_dir / "train.log") if world.is_main else None
     metrics: dict[str, Any] = {}
     images_seen, seconds = 0, 0.0
     try:
@@ -110,44 +134,57 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
             for epoch in range(state["epoch"], config.epochs):
                 epoch_seed = config.seed * 1_000_003 + epoch
                 order = torch.randperm(samples, generator=torch.Generator().manual_seed(epoch_seed)).numpy()
-                batches = index_batches(order, config.batch_size, drop_last=True)
+                batches = index_batches(order, global_batch, drop_last=True)
+                if world.enabled:  # this rank's share of each global batch
+                    batches = [np.array_split(batch, world.world)[world.rank].tolist() for batch in batches]
                 first = state["step_in_epoch"] if epoch == state["epoch"] else 0
                 if first == 0:
-                    torch.manual_seed(epoch_seed)
-                    augment_rng.manual_seed(epoch_seed + 1)
+                    rank_seed = epoch_seed + 7_919 * world.rank  # rank 0 (and one process) as before
+                    torch.manual_seed(rank_seed)
+                    augment_rng.manual_seed(rank_seed + 1)
                 sums = _EpochSums()
                 started = time.perf_counter()
                 loader = batch_loader(dataset, batches[first:], config.workers, device.type == "cuda")
-                bar = progress_bar(len(batches) * config.batch_size, f"epoch {epoch + 1}/{config.epochs}",
-                                   progress, initial=first * config.batch_size)
+                bar = progress_bar(len(batches) * global_batch, f"epoch {epoch + 1}/{config.epochs}",
+                                   progress and world.is_main, initial=first * global_batch)
                 for step_in_epoch, (images, ok, indices, _) in enumerate(loader, start=first):
                     global_step = epoch * steps_per_epoch + step_in_epoch
-                    unreadable.update(indices[~ok].tolist())
+                    too_few = _sync_unreadable(world, unreadable, indices[~ok].tolist(), int(ok.sum()) < 2, device)
                     if len(unreadable) > max_bad:
                         raise TooManyBadSamples(
                             f"{len(unreadable)} of {samples} samples are unreadable "
                             f"(more than --max-bad-fraction {config.max_bad_fraction})",
                             "fix or remove the broken files, or raise --max-bad-fraction")
-                    if ok.sum() < 2:
+                    if too_few:
                         continue
                     x = augment(prepare_images(images[ok], device, channels_last), augment_rng, config.shift)
                     y = labels[indices[ok]].to(device, non_blocking=True)
                     for group in optimizer.param_groups:
                         group["lr"] = config.lr * lr_factor(global_step, warmup_steps, total_steps)
+                    margin = margin_at(global_step, margin_warmup, spec.margin)
                     with autocast(device, config.precision):
-                        out = head(forward(x), y, margin=margin_at(global_step, margin_warmup, spec.margin))
+                        embeddings = forward(x)
+                        out = head(embeddings, y, margin=margin, step=global_step) if sharded else \
+                            head(embeddings, y, margin=margin)
                     optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(out.loss).backward()
+                    # DDP averages the backbone's gradients over ranks, but the global loss is the *sum* of
+                    # the partial losses: scale by the world for the backbone, and undo it for the own shard.
+                    scaler.scale(out.loss * world.world if world.enabled else out.loss).backward()
+                    if world.enabled and head.weight.grad is not None:
+                        head.weight.grad.div_(world.world)
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                    if world.enabled:
+                        _clip_global(list(backbone.parameters()), list(head.parameters()), config.grad_clip, world)
+                    else:
+                        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
-                    sums.add(out, len(y))
-                    bar.update(len(images))
-                    bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
-                    if stop.requested:
+                    sums.add(out, len(out.correct))
+                    bar.update(len(images) * world.world)
+                    bar.set_postfix(loss=f"{_reported_loss(out).item():.3f}", refresh=False)
+                    if _any_rank(world, stop.requested, device):
                         _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
-                                         epoch, step_in_epoch + 1, unreadable)
+                                         epoch, step_in_epoch + 1, unreadable, world, global_batch)
                         raise Interrupted(f"stopped by SIGTERM in epoch {epoch + 1}; checkpoint written to {run_dir}",
                                           "run the same command with --resume to continue")
                 bar.close()
@@ -157,18 +194,26 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                 last_step = (epoch + 1) * steps_per_epoch - 1
                 metrics = sums.summary(epoch + 1, elapsed, optimizer.param_groups[0]["lr"],
                                        margin_at(last_step, margin_warmup, spec.margin), len(unreadable))
-                with open(run_dir / METRICS_FILE, "a") as out_file:
-                    out_file.write(json.dumps(metrics) + "\n")
+                if world.is_main:
+                    with open(run_dir / METRICS_FILE, "a") as out_file:
+                        out_file.write(json.dumps(metrics) + "\n")
                 logger.info("epoch %d/%d loss %.4f accuracy %.3f mean angle %.1f° %.0f img/s",
                             epoch + 1, config.epochs, metrics["loss"], metrics["accuracy"],
                             metrics["mean_angle"], metrics["images_per_second"])
                 _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
-                                 epoch + 1, 0, unreadable)
+                                 epoch + 1, 0, unreadable, world, global_batch)
         backbone.to(memory_format=torch.contiguous_format)
-        atomic_save(model_payload(spec, backbone.cpu(), head.cpu()), run_dir / MODEL_FILE)
+        if sharded:
+            full_head = gather_rows(head.weight.detach(), _shard_rows(head, world), world.world)
+            if world.is_main:
+                atomic_save(_payload(spec, backbone.cpu(), full_head.cpu()), run_dir / MODEL_FILE)
+            world.barrier()
+        else:
+            atomic_save(model_payload(spec, backbone.cpu(), head.cpu()), run_dir / MODEL_FILE)
     finally:
-        logging.getLogger("facecleaner").removeHandler(log_handler)
-        log_handler.close()
+        if log_handler is not None:
+            logging.getLogger("facecleaner").removeHandler(log_handler)
+            log_handler.close()
     return _result(run_dir, config, total_steps, len(spec.classes), samples, len(unreadable), metrics,
                    images_seen / seconds if seconds else 0.0)
 
@@ -184,7 +229,7 @@ class _EpochSums:
 
     def add(self, out: Any, n: int) -> None:
         self.count += n
-        self.loss += out.loss.item() * n
+        self.loss += _reported_loss(out).item() * n
         self.correct += int(out.correct.sum())
         self.angle += float(torch.rad2deg(torch.arccos(out.target_cosine.clamp(-1, 1))).sum())
 
@@ -211,29 +256,131 @@ def _result(run_dir: Path, config: TrainConfig, steps: int, classes: int, sample
 
 def _save_checkpoint(run_dir: Path, spec: ModelSpec, backbone: torch.nn.Module, head: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, augment_rng: torch.Generator,
-                     epoch: int, step_in_epoch: int, unreadable: set[int]) -> None:
-    payload = model_payload(spec, backbone, head)
-    payload.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
+                     epoch: int, step_in_epoch: int, unreadable: set[int], world: Dist | None = None,
+                     global_batch: int | None = None) -> None:
+    """Write checkpoint.pt; a sharded head (and its momentum) is gathered whole, in class order, on rank 0."""
+    world = world or Dist()
+    optimizer_state = optimizer.state_dict()
+    rng = (torch.get_rng_state(), augment_rng.get_state())
+    if isinstance(head, ShardedSubCenterArcFace):
+        rows = _shard_rows(head, world)
+        full_head = gather_rows(head.weight.detach(), rows, world.world)
+        head_index = len(optimizer_state["param_groups"][0]["params"]) - 1
+        head_state = dict(optimizer_state["state"].get(head_index, {}))
+        if "momentum_buffer" in head_state:
+            head_state["momentum_buffer"] = gather_rows(head_state["momentum_buffer"], rows, world.world)
+        rngs = world.gather_objects(rng)
+        if not world.is_main:
+            world.barrier()
+            return
+        optimizer_state = {"state": {**optimizer_state["state"], head_index: head_state},
+                           "param_groups": optimizer_state["param_groups"]}
+        payload = _payload(spec, backbone, full_head)
+        payload["shards"] = {"world": world.world, "ranges": [list(r) for r in shard_ranges(head.num_classes,
+                                                                                              world.world)],
+                             "sample_rate": head.sample_rate,
+                             "rank_rng": [{"torch_rng": t, "augment_rng": a} for t, a in rngs]}
+    else:
+        payload = model_payload(spec, backbone, head)
+    payload.update(optimizer=optimizer_state, scaler=scaler.state_dict(), epoch=epoch,
                    step_in_epoch=step_in_epoch, unreadable=sorted(unreadable),
-                   torch_rng=torch.get_rng_state(), augment_rng=augment_rng.get_state())
+                   torch_rng=rng[0], augment_rng=rng[1])
+    if global_batch is not None:
+        payload["global_batch"] = global_batch
     atomic_save(payload, run_dir / CHECKPOINT_FILE)
+    world.barrier()
 
 
 def _load_checkpoint(path: Path, backbone: torch.nn.Module, head: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                     augment_rng: torch.Generator) -> dict[str, Any]:
+                     augment_rng: torch.Generator, world: Dist | None = None,
+                     global_batch: int | None = None) -> dict[str, Any]:
+    """Load a checkpoint saved on any number of ranks; a sharded head takes its own rows of the whole head."""
+    world = world or Dist()
     payload = load_payload(path)
     if "optimizer" not in payload:
         raise CheckpointError(f"{path} is a final model, not a training checkpoint", "start a new run")
-    _, saved_backbone, saved_head = restore(payload, path)
-    backbone.load_state_dict(saved_backbone.state_dict())
-    head.load_state_dict(saved_head.state_dict())
-    optimizer.load_state_dict(payload["optimizer"])
+    optimizer_state = payload["optimizer"]
+    if isinstance(head, ShardedSubCenterArcFace):
+        try:
+            backbone.load_state_dict(payload["backbone"])
+            head.load_full(payload["head"]["weight"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path} does not match this run: {str(exc).splitlines()[0]}",
+                                  "resume with the settings the run was started with") from exc
+        head_index = len(optimizer.param_groups[0]["params"]) - 1
+        head_state = dict(optimizer_state["state"].get(head_index, {}))
+        if "momentum_buffer" in head_state:
+            head_state["momentum_buffer"] = head.shard_rows(head_state["momentum_buffer"])
+        optimizer_state = {"state": {**optimizer_state["state"], head_index: head_state},
+                           "param_groups": optimizer_state["param_groups"]}
+    else:
+        _, saved_backbone, saved_head = restore(payload, path)
+        backbone.load_state_dict(saved_backbone.state_dict())
+        head.load_state_dict(saved_head.state_dict())
+    optimizer.load_state_dict(optimizer_state)
     scaler.load_state_dict(payload["scaler"])
-    torch.set_rng_state(payload["torch_rng"])
-    augment_rng.set_state(payload["augment_rng"])
-    return {"epoch": payload["epoch"], "step_in_epoch": payload["step_in_epoch"],
-            "unreadable": payload["unreadable"]}
+    saved = payload.get("shards", {})
+    rank_rng = saved.get("rank_rng") if saved.get("world", 1) == world.world else None
+    rng = rank_rng[world.rank] if rank_rng else {"torch_rng": payload["torch_rng"],
+                                                  "augment_rng": payload["augment_rng"]}
+    torch.set_rng_state(rng["torch_rng"])
+    augment_rng.set_state(rng["augment_rng"])
+    step_in_epoch = payload["step_in_epoch"]
+    saved_batch = payload.get("global_batch", global_batch)
+    if global_batch is not None and saved_batch and saved_batch != global_batch:
+        step_in_epoch = step_in_epoch * saved_batch // global_batch  # resumed on another number of ranks
+    return {"epoch": payload["epoch"], "step_in_epoch": step_in_epoch, "unreadable": payload["unreadable"]}
+
+
+def _payload(spec: ModelSpec, backbone: torch.nn.Module, full_head: torch.Tensor) -> dict[str, Any]:
+    """model_payload's format, for a head held as one class-ordered weight."""
+    return {"format": MODEL_FORMAT, "spec": asdict(spec), "backbone": backbone.state_dict(),
+            "head": {"weight": full_head}}
+
+
+def _shard_rows(head: ShardedSubCenterArcFace, world: Dist) -> list[int]:
+    return [(end - start) * head.subcenters for start, end in shard_ranges(head.num_classes, world.world)]
+
+
+def _reported_loss(out: Any) -> torch.Tensor:
+    """The loss of the whole (global) batch: a sharded head's ``loss`` is only this rank's part."""
+    return getattr(out, "global_loss", out.loss)
+
+
+def _sync_unreadable(world: Dist, unreadable: set[int], new: list[int], too_few: bool,
+                     device: torch.device) -> bool:
+    """Add every rank's newly unreadable samples to ``unreadable``; True when any rank lacks two images."""
+    if not world.enabled:
+        unreadable.update(new)
+        return too_few
+    flags = world.all_reduce(torch.tensor([len(new), int(too_few)], dtype=torch.int64, device=device))
+    if int(flags[0]):
+        for part in world.all_gather_objects(new):
+            unreadable.update(part)
+    return bool(flags[1])
+
+
+def _any_rank(world: Dist, flag: bool, device: torch.device) -> bool:
+    if not world.enabled:
+        return flag
+    return bool(world.all_reduce(torch.tensor([int(flag)], device=device), torch.distributed.ReduceOp.MAX))
+
+
+def _clip_global(backbone_params: list[torch.Tensor], head_params: list[torch.Tensor], max_norm: float,
+                 world: Dist) -> None:
+    """clip_grad_norm_ over the whole model: the replicated backbone once plus every rank's shard."""
+    def squares(params: list[torch.Tensor]) -> torch.Tensor:
+        grads = [p.grad.detach().float().norm() ** 2 for p in params if p.grad is not None]
+        return torch.stack(grads).sum() if grads else torch.zeros(())
+
+    device = next(iter(backbone_params)).device
+    head_squares = world.all_reduce(squares(head_params).to(device).reshape(1))[0]
+    total = (squares(backbone_params).to(device) + head_squares).sqrt()
+    coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in backbone_params + head_params:
+        if p.grad is not None:
+            p.grad.mul_(coefficient.to(p.grad.dtype))
 
 
 def _file_log(path: Path) -> logging.Handler:
