@@ -196,6 +196,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
         logger.warning("%d rows repeat a path already listed: each is scored as its own sample", duplicates)
     summary = {
         "scores": str(out), "samples": len(table), "classes": len(spec.classes), "unreadable": unreadable,
+        "resized": int(raw.resized.sum()),
         "duplicate_paths": duplicates,
         "median_angle": float(np.median(angles)) if len(angles) else math.nan,
         "over_75": int((angles > DEFAULT_ANGLE).sum()),

@@ -205,9 +205,9 @@ def score(run_dir: Path, data: Path, out: Path, batch_size: int, device: str, pr
                               progress=not quiet)
     _emit(summary, as_json, [
         f"scores: {summary['scores']}",
-        f"{summary['samples']} samples ({summary['unreadable']} unreadable), median angle "
-        f"{summary['median_angle']:.1f}°, {summary['over_75']} over 75°, {summary['non_dominant']} nearest a "
-        "non-dominant sub-center",
+        f"{summary['samples']} samples ({summary['unreadable']} unreadable, {summary['resized']} resized), "
+        f"median angle {summary['median_angle']:.1f}°, {summary['over_75']} over 75°, "
+        f"{summary['non_dominant']} nearest a non-dominant sub-center",
     ])
 
 

@@ -73,7 +73,8 @@ def test_summarize_measures_angle_to_dominant_not_nearest() -> None:
     own = np.cos(np.radians([[5, 115, 125], [10, 110, 130], [15, 105, 135], [100, 140, 20], [0, 0, 0]]))
     m = Measurements(readable=np.array([True, True, True, True, False]), reasons=["", "", "", "", "empty file"],
                      own_cosines=own.astype(np.float32), other_class=np.array([1, 1, 1, 1, -1], dtype=np.int32),
-                     other_cosine=np.cos(np.radians([50, 60, 70, 30, 0])).astype(np.float32))
+                     other_cosine=np.cos(np.radians([50, 60, 70, 30, 0])).astype(np.float32),
+                     resized=np.zeros(5, dtype=bool))
     classes = np.array([0, 0, 0, 0, 0])
     scores = summarize(m, classes, 2)
     assert scores.dominant.tolist() == [0, 0]

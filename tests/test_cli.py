@@ -242,7 +242,7 @@ def test_human_output_is_results_only(int_run: Run, tmp_path: Path) -> None:
     lines = scored.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0] == f"scores: {tmp_path / 's.parquet'}"
-    assert lines[1].startswith("18 samples (0 unreadable), median angle ")
+    assert lines[1].startswith("18 samples (0 unreadable, 0 resized), median angle ")
     pruned = invoke("prune", tmp_path / "s.parquet", "--out", tmp_path / "c.parquet", "--angle", "179")
     assert_ok(pruned)
     lines = pruned.stdout.splitlines()
@@ -276,7 +276,7 @@ def test_string_labels_keep_their_type(str_run: Run) -> None:
 
 
 def test_unreadable_images_are_recorded_in_input_order(str_run: Run) -> None:
-    assert str_run.score.stdout.splitlines()[1].startswith("27 samples (2 unreadable)")
+    assert str_run.score.stdout.splitlines()[1].startswith("27 samples (2 unreadable, 0 resized)")
     scores = pq.read_table(str_run.scores).to_pandas()
     assert scores["sample_id"].tolist() == list(range(len(str_run.rows)))
     assert scores["path"].tolist() == str_run.rows["path"].tolist()

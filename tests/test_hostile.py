@@ -37,6 +37,7 @@ def test_non_utf8_names_spaces_and_odd_sizes_are_scored(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(tmp_path / "s.parquet")
     assert len(scores) == 8 and (scores.status == "ok").all()
+    assert '"resized": 8' in result.stdout  # every image was 20-41 × 30 px, the model takes 16 × 16
     assert "alice/\\xff\\xfe odd name.png" in scores.path.tolist()
 
 

@@ -33,7 +33,7 @@ def is_jpeg(data: bytes) -> bool:
 def to_jpeg(data: bytes) -> bytes:
     """Decode any image pillow reads, convert to RGB (alpha over white) and encode as JPEG; ``OSError`` if not."""
     try:
-        image = load_rgb(data)
+        image, _ = load_rgb(data)
     except UnreadableImage as exc:
         raise OSError(str(exc)) from exc
     out = io.BytesIO()

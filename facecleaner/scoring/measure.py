@@ -32,6 +32,7 @@ class Measurements:
     own_cosines: np.ndarray     # float32 (N, K)
     other_class: np.ndarray     # int32 (N,)
     other_cosine: np.ndarray    # float32 (N,)
+    resized: np.ndarray         # bool (N,): the stored image had another size than the model's input
 
 
 @dataclass
@@ -62,6 +63,7 @@ def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedI
     other_class = np.full(count, -1, dtype=np.int32)
     other_cos = np.full(count, np.nan, dtype=np.float32)
     readable = np.zeros(count, dtype=bool)
+    resized = np.zeros(count, dtype=bool)
     reasons = [""] * count
     backbone.to(device)
     channels_last = device.type == "cuda"
@@ -74,10 +76,11 @@ def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedI
         batches = index_batches(np.arange(count), batch_size)
     loader = batch_loader(dataset, batches, workers, device.type == "cuda")
     with eval_mode(backbone), progress_bar(sum(map(len, batches)), "scoring", progress) as bar:
-        for images, ok, indices, why in loader:
+        for images, ok, indices, why, was_resized in loader:
             for index, good, reason in zip(indices.tolist(), ok.tolist(), why, strict=True):
                 if not good:
                     reasons[index] = reason
+            resized[indices.numpy()] = was_resized.numpy()
             bar.update(len(indices))
             if not ok.any():
                 continue
@@ -93,7 +96,7 @@ def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedI
             readable[rows] = True
             if embeddings_out is not None:
                 embeddings_out[rows.numpy()] = unit.cpu().numpy().astype(np.float16)
-    return Measurements(readable, reasons, own, other_class, other_cos)
+    return Measurements(readable, reasons, own, other_class, other_cos, resized)
 
 
 def share_of_batches(count: int, batch_size: int, world: int, rank: int) -> list[list[int]]:
@@ -110,20 +113,22 @@ def take_rows(measurements: Measurements, rows: np.ndarray) -> dict:
     m = measurements
     return {"rows": rows, "readable": m.readable[rows], "reasons": [m.reasons[i] for i in rows.tolist()],
             "own_cosines": m.own_cosines[rows], "other_class": m.other_class[rows],
-            "other_cosine": m.other_cosine[rows]}
+            "other_cosine": m.other_cosine[rows], "resized": m.resized[rows]}
 
 
 def merge_measurements(parts: list[dict], count: int, subcenters: int) -> Measurements:
     """Every rank's :func:`take_rows` put back into one Measurements, in input order."""
     merged = Measurements(np.zeros(count, dtype=bool), [""] * count,
                           np.full((count, subcenters), np.nan, dtype=np.float32),
-                          np.full(count, -1, dtype=np.int32), np.full(count, np.nan, dtype=np.float32))
+                          np.full(count, -1, dtype=np.int32), np.full(count, np.nan, dtype=np.float32),
+                          np.zeros(count, dtype=bool))
     for part in parts:
         rows = part["rows"]
         merged.readable[rows] = part["readable"]
         merged.own_cosines[rows] = part["own_cosines"]
         merged.other_class[rows] = part["other_class"]
         merged.other_cosine[rows] = part["other_cosine"]
+        merged.resized[rows] = part["resized"]
         for index, reason in zip(rows.tolist(), part["reasons"], strict=True):
             merged.reasons[index] = reason
     return merged

@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from facecleaner.sources.base import Source
-from facecleaner.sources.images import UnreadableImage, decode_image
+from facecleaner.sources.images import UnreadableImage, decode_and_resize
 
 
 class DecodedImages(Dataset):
-    """Item ``i`` = (uint8 HWC tensor, ok flag, sample index, reason or "")."""
+    """Item ``i`` = (uint8 HWC tensor, ok flag, sample index, reason or "", resized from another size)."""
 
     def __init__(self, source: Source, image_size: int) -> None:
         self.source = source
@@ -25,16 +25,16 @@ class DecodedImages(Dataset):
     def __len__(self) -> int:
         return self._length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, int, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, int, str, bool]:
         try:
-            pixels = decode_image(self.source.read_bytes(index), self.image_size)
-            return torch.from_numpy(pixels), True, index, ""
+            pixels, resized = decode_and_resize(self.source.read_bytes(index), self.image_size)
+            return torch.from_numpy(pixels), True, index, "", resized
         except FileNotFoundError:
             reason = "missing file"
         except (UnreadableImage, OSError) as exc:
             reason = str(exc) or type(exc).__name__
         blank = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
-        return torch.from_numpy(blank), False, index, reason
+        return torch.from_numpy(blank), False, index, reason, False
 
 
 def batch_loader(dataset: DecodedImages, batches: list[list[int]], workers: int, pin_memory: bool) -> DataLoader:

@@ -20,8 +20,9 @@ class UnreadableImage(Exception):
     """One sample's bytes are missing, empty or not a decodable image; ``str()`` is the reason."""
 
 
-def load_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Decode any image pillow reads to RGB (greyscale, CMYK, RGBA, palette, 16-bit handled).
+def load_rgb(data: bytes, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode any image pillow reads to RGB (greyscale, CMYK, RGBA, palette, 16-bit handled), with its size
+    as stored (before any draft reduction).
 
     ``draft_size`` lets a JPEG decode at a reduced scale that still covers it, much faster for large photos.
     Raises ``UnreadableImage`` with a one-line reason for empty, corrupt, truncated or oversized input.
@@ -32,12 +33,13 @@ def load_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            stored_size = image.size
             if image.width * image.height > MAX_PIXELS:
                 raise UnreadableImage(f"image too large ({image.width}x{image.height})")
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-            return to_rgb(image)
+            return to_rgb(image), stored_size
     except UnreadableImage:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
@@ -47,10 +49,15 @@ def load_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
     """Decode ``data`` to a ``size``×``size``×3 uint8 RGB array."""
-    rgb = load_rgb(data, draft_size=size)
+    return decode_and_resize(data, size)[0]
+
+
+def decode_and_resize(data: bytes, size: int) -> tuple[np.ndarray, bool]:
+    """:func:`decode_image` plus whether the stored image had another size (such images are counted)."""
+    rgb, stored_size = load_rgb(data, draft_size=size)
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.array(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8), stored_size != (size, size)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

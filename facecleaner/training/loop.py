@@ -147,7 +147,7 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                 loader = batch_loader(dataset, batches[first:], config.workers, device.type == "cuda")
                 bar = progress_bar(len(batches) * global_batch, f"epoch {epoch + 1}/{config.epochs}",
                                    progress and world.is_main, initial=first * global_batch)
-                for step_in_epoch, (images, ok, indices, _) in enumerate(loader, start=first):
+                for step_in_epoch, (images, ok, indices, _, _) in enumerate(loader, start=first):
                     global_step = epoch * steps_per_epoch + step_in_epoch
                     too_few = _sync_unreadable(world, unreadable, indices[~ok].tolist(), int(ok.sum()) < 2, device)
                     if len(unreadable) > max_bad:
