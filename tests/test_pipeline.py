@@ -107,3 +107,12 @@ def test_clean_set_exported_to_rec_retrains_with_one_subcenter(noisy_set: Path, 
                           progress=False)
     assert retrained["classes"] == clean.new_label.nunique()
     assert retrained["config"]["subcenters"] == 1
+
+
+def test_worker_processes_change_nothing(noisy_set: Path, tmp_path: Path) -> None:
+    """Decoding in persistent workers across epochs yields the same batches, so the same weights."""
+    for workers in (0, 2):
+        api.train(noisy_set, tmp_path / f"w{workers}", TrainConfig(epochs=2, seed=1, workers=workers, **TINY),
+                  progress=False)
+    inline, pooled = _weights(tmp_path / "w0"), _weights(tmp_path / "w2")
+    assert all(torch.equal(inline[name], pooled[name]) for name in inline)

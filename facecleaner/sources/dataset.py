@@ -6,6 +6,8 @@ long run records them and goes on; workers each open their own file handles (Sou
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -37,10 +39,25 @@ class DecodedImages(Dataset):
         return torch.from_numpy(blank), False, index, reason, False
 
 
-def batch_loader(dataset: DecodedImages, batches: list[list[int]], workers: int, pin_memory: bool) -> DataLoader:
+class BatchPlan:
+    """The index batches a loader fetches on its next pass; replaced each epoch, so the loader (and its
+    worker processes, which persist) can be built once per run."""
+
+    def __init__(self, batches: list[list[int]] | None = None) -> None:
+        self.batches = batches or []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def batch_loader(dataset: DecodedImages, batches: list[list[int]] | BatchPlan, workers: int,
+                 pin_memory: bool) -> DataLoader:
     """A DataLoader yielding the given index batches in order (the order is decided by the caller)."""
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
 
 def index_batches(order: np.ndarray | list[int], batch_size: int, drop_last: bool = False) -> list[list[int]]:

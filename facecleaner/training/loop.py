@@ -44,7 +44,7 @@ from facecleaner.model.runtime import autocast
 from facecleaner.model.sharded_head import ShardedSubCenterArcFace, gather_rows
 from facecleaner.progress import logger, progress_bar
 from facecleaner.sources.base import Source
-from facecleaner.sources.dataset import DecodedImages, batch_loader, index_batches
+from facecleaner.sources.dataset import BatchPlan, DecodedImages, batch_loader, index_batches
 from facecleaner.training.augment import augment
 from facecleaner.training.schedule import lr_factor, margin_at
 
@@ -124,7 +124,8 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
     unreadable = set(state["unreadable"])
     max_bad = config.max_bad_fraction * samples
 
-    dataset = DecodedImages(source, spec.image_size)
+    plan = BatchPlan()
+    loader = batch_loader(DecodedImages(source, spec.image_size), plan, config.workers, device.type == "cuda")
     stop = _StopFlag()
     log_handler = _file_log(run_dir / "train.log") if world.is_main else None
     metrics: dict[str, Any] = {}
@@ -144,7 +145,7 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                     augment_rng.manual_seed(rank_seed + 1)
                 sums = _EpochSums()
                 started = time.perf_counter()
-                loader = batch_loader(dataset, batches[first:], config.workers, device.type == "cuda")
+                plan.batches = batches[first:]
                 bar = progress_bar(len(batches) * global_batch, f"epoch {epoch + 1}/{config.epochs}",
                                    progress and world.is_main, initial=first * global_batch)
                 for step_in_epoch, (images, ok, indices, _, _) in enumerate(loader, start=first):
