@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ ROW_GROUP_ROWS = 1 << 20
 def manifest_metadata(kind: str, **fields: Any) -> dict[str, Any]:
     """The JSON stored under the ``facecleaner`` key: kind, versions, creation time, plus what the caller adds."""
     return {"kind": kind, "schema_version": SCHEMA_VERSION, "facecleaner_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields}
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), **fields}
 
 
 def write_manifest(path: Path, table: pa.Table, metadata: dict[str, Any]) -> None:
