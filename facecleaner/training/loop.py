@@ -49,6 +49,7 @@ from facecleaner.training.augment import augment
 from facecleaner.training.schedule import lr_factor, margin_at
 
 METRICS_FILE = "metrics.jsonl"
+POSTFIX_EVERY = 20  # steps between progress-bar loss readings
 # Below these the model has not separated the classes: scoring with it would drop nearly everything.
 MIN_SEPARATED_ACCURACY = 0.3
 MAX_SEPARATED_ANGLE = 70.0
@@ -182,7 +183,8 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                     scaler.update()
                     sums.add(out, len(out.correct))
                     bar.update(len(images) * world.world)
-                    bar.set_postfix(loss=f"{_reported_loss(out).item():.3f}", refresh=False)
+                    if not bar.disable and step_in_epoch % POSTFIX_EVERY == 0:  # .item() waits for the GPU
+                        bar.set_postfix(loss=f"{_reported_loss(out).item():.3f}", refresh=False)
                     if _any_rank(world, stop.requested, device):
                         _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
                                          epoch, step_in_epoch + 1, unreadable, world, global_batch)
@@ -220,23 +222,25 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
 
 
 class _EpochSums:
-    """Running sums of loss, accuracy and angle over an epoch's samples."""
+    """Running sums of loss, accuracy and angle over an epoch's samples, kept on the device: reading them
+    every step would make the CPU wait for the GPU each step."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.loss = 0.0
-        self.correct = 0
-        self.angle = 0.0
+        self.loss: Any = 0.0
+        self.correct: Any = 0
+        self.angle: Any = 0.0
 
     def add(self, out: Any, n: int) -> None:
         self.count += n
-        self.loss += _reported_loss(out).item() * n
-        self.correct += int(out.correct.sum())
-        self.angle += float(torch.rad2deg(torch.arccos(out.target_cosine.clamp(-1, 1))).sum())
+        self.loss = self.loss + _reported_loss(out).detach().float() * n
+        self.correct = self.correct + out.correct.sum()
+        self.angle = self.angle + torch.rad2deg(torch.arccos(out.target_cosine.float().clamp(-1, 1))).sum()
 
     def summary(self, epoch: int, seconds: float, lr: float, margin: float, unreadable: int) -> dict[str, Any]:
         n = max(self.count, 1)
-        return {"epoch": epoch, "loss": self.loss / n, "accuracy": self.correct / n, "mean_angle": self.angle / n,
+        loss, correct, angle = (float(v) for v in (self.loss, self.correct, self.angle))
+        return {"epoch": epoch, "loss": loss / n, "accuracy": correct / n, "mean_angle": angle / n,
                 "lr": lr, "margin": margin, "images": self.count, "seconds": round(seconds, 3),
                 "images_per_second": self.count / seconds if seconds else 0.0, "unreadable": unreadable}
 
