@@ -16,17 +16,28 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from facecleaner.config import TrainConfig, load_config, resolve, save_config
 from facecleaner.errors import CheckpointError, InputError, PruneRefused, TooManyBadSamples
 from facecleaner.fileio import atomic_output
-from facecleaner.manifests.io import manifest_metadata, read_manifest, sibling, write_manifest
+from facecleaner.manifests.io import (
+    ROW_GROUP_ROWS,
+    manifest_metadata,
+    manifest_writer,
+    read_manifest,
+    sibling,
+    write_manifest,
+)
 from facecleaner.manifests.schema import NEW_LABEL, REASON, REASONS, STATUS_OK
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, source_root, table_fingerprint
 from facecleaner.sources.labels import encode_labels, lookup_labels
 
 DEFAULT_ANGLE = 75.0
+#: What prune reads whole; every other column is streamed through batch by batch.
+DECISION_COLUMNS = ("class_index", "label", "status", "is_dominant", "angle", "nearest_subcenter",
+                    "dominant_subcenter")
 SUMMARY_FILE = "summary.json"
 
 
@@ -245,11 +256,13 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
         raise InputError("--min-images must be at least 1", "give a positive number")
     if not 0.0 <= max_drop_fraction <= 1.0:
         raise InputError("--max-drop-fraction must be in [0, 1]", "the default is 0.5")
-    table, meta = read_manifest(Path(scores), "scores")
-    class_index = table["class_index"].to_numpy()
-    readable = pc.equal(table["status"], STATUS_OK).to_numpy(zero_copy_only=False)
-    is_dominant = pc.fill_null(table["is_dominant"], False).to_numpy(zero_copy_only=False)
-    angles = table["angle"].to_numpy(zero_copy_only=False)
+    # Decide from the few columns the rule needs, then stream the whole rows through: memory stays at the
+    # decision columns plus one batch, however wide the input's extra columns are.
+    columns, meta = read_manifest(Path(scores), "scores", columns=list(DECISION_COLUMNS))
+    class_index = columns["class_index"].to_numpy()
+    readable = pc.equal(columns["status"], STATUS_OK).to_numpy(zero_copy_only=False)
+    is_dominant = pc.fill_null(columns["is_dominant"], False).to_numpy(zero_copy_only=False)
+    angles = columns["angle"].to_numpy(zero_copy_only=False)
     num_classes = int(meta.get("num_classes", int(class_index.max()) + 1 if len(class_index) else 0))
     decision = decide(class_index, readable, is_dominant, angles, num_classes, angle, drop_non_dominant, min_images)
     keep = decision.keep
@@ -268,17 +281,25 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
                                             "input_root")
                  if key in meta}
     base_meta |= {"angle_threshold": angle, "rule": rule, "min_images": min_images, "scores": str(scores)}
-    keep_mask = pa.array(keep)
-    clean = table.filter(keep_mask)
-    clean = clean.append_column(NEW_LABEL, pa.array(decision.new_label[keep]))
-    reasons = pa.array(REASONS, pa.string()).take(pa.array(decision.reason[~keep].astype(np.int32)))
-    removed = table.filter(pc.invert(keep_mask)).append_column(REASON, reasons)
-    write_manifest(out, clean, manifest_metadata("clean", **base_meta))
-    write_manifest(dropped_path, removed, manifest_metadata("dropped", **base_meta))
-    nearest = pc.fill_null(table["nearest_subcenter"], 0).to_numpy(zero_copy_only=False)
+    source = pq.ParquetFile(scores)
+    reason_names = pa.array(REASONS, pa.string())
+    with manifest_writer(out, source.schema_arrow.append(NEW_LABEL), manifest_metadata("clean", **base_meta)) \
+            as write_clean, manifest_writer(dropped_path, source.schema_arrow.append(REASON),
+                                            manifest_metadata("dropped", **base_meta)) as write_dropped:
+        start = 0
+        for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS):
+            rows = pa.Table.from_batches([batch])
+            stop = start + len(rows)
+            kept = keep[start:stop]
+            write_clean(rows.filter(pa.array(kept)).append_column(NEW_LABEL,
+                                                                  pa.array(decision.new_label[start:stop][kept])))
+            codes = pa.array(decision.reason[start:stop][~kept].astype(np.int32))
+            write_dropped(rows.filter(pa.array(~kept)).append_column(REASON, reason_names.take(codes)))
+            start = stop
+    nearest = pc.fill_null(columns["nearest_subcenter"], 0).to_numpy(zero_copy_only=False)
     subcenters = int(meta.get("model", {}).get("subcenters", int(nearest.max()) + 1 if len(nearest) else 1))
-    classes = classes_table(class_index, table["label"], readable, nearest,
-                            table["dominant_subcenter"].to_numpy(), subcenters, decision.kept_per_class,
+    classes = classes_table(class_index, columns["label"], readable, nearest,
+                            columns["dominant_subcenter"].to_numpy(), subcenters, decision.kept_per_class,
                             decision.class_new_label)
     write_manifest(sibling(out, "classes"), classes, manifest_metadata("classes", **base_meta))
     by_reason = {name: int((decision.reason == code).sum()) for code, name in enumerate(REASONS)}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,17 +26,24 @@ def manifest_metadata(kind: str, **fields: Any) -> dict[str, Any]:
             "created": datetime.now(UTC).isoformat(timespec="seconds"), **fields}
 
 
-def write_manifest(path: Path, table: pa.Table, metadata: dict[str, Any]) -> None:
-    """Write ``table`` to ``path`` via a temporary file in the same folder, row group by row group."""
-    schema = table.schema.with_metadata({**(table.schema.metadata or {}),
-                                         METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+@contextlib.contextmanager
+def manifest_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any]) -> Iterator[Callable[[pa.Table], None]]:
+    """Yield ``write(table)`` appending row groups to ``path``, which appears (atomically) only on success."""
+    schema = schema.with_metadata({**(schema.metadata or {}),
+                                   METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     # Dictionary encoding pays for repeated strings (labels, status, reason) and is wasted work on unique
-    # paths and floats; writing the table whole lets row groups be ROW_GROUP_ROWS, not the reader's chunks.
+    # paths and floats; whole tables per call let row groups be ROW_GROUP_ROWS, not the reader's chunks.
     dictionary = [f.name for f in schema
                   if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != "path"]
     with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd",
                                                       use_dictionary=dictionary) as writer:
-        writer.write_table(table.cast(schema), row_group_size=ROW_GROUP_ROWS)
+        yield lambda table: writer.write_table(table.cast(schema), row_group_size=ROW_GROUP_ROWS)
+
+
+def write_manifest(path: Path, table: pa.Table, metadata: dict[str, Any]) -> None:
+    """Write ``table`` to ``path`` via a temporary file in the same folder."""
+    with manifest_writer(path, table.schema, metadata) as write:
+        write(table)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
