@@ -118,3 +118,20 @@ def test_prune_rejects_files_that_are_not_scores(tmp_path, scores_file) -> None:
     (tmp_path / "text.parquet").write_text("hello")
     with pytest.raises(InputError, match="not a Parquet file"):
         api.prune(tmp_path / "text.parquet", tmp_path / "x.parquet")
+
+
+def test_streaming_in_small_batches_gives_the_same_files(scores_file, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(4)
+    n = 50
+    path = scores_file(rng.integers(0, 6, n).tolist(), rng.uniform(0, 120, n).tolist(),
+                       rng.random(n).astype(bool).tolist(),
+                       status=["ok" if r > 0.1 else "unreadable: empty file" for r in rng.random(n)])
+    api.prune(path, tmp_path / "whole.parquet", force=True, min_images=3)
+    monkeypatch.setattr(api, "ROW_GROUP_ROWS", 7)
+    api.prune(path, tmp_path / "batched.parquet", force=True, min_images=3)
+    for suffix in ("", ".dropped", ".classes"):
+        whole = pd.read_parquet(tmp_path / f"whole{suffix}.parquet")
+        batched = pd.read_parquet(tmp_path / f"batched{suffix}.parquet")
+        pd.testing.assert_frame_equal(whole, batched)
+    assert len(pd.read_parquet(tmp_path / "batched.parquet")) + len(
+        pd.read_parquet(tmp_path / "batched.dropped.parquet")) == n
