@@ -177,33 +177,21 @@ class IResNet(_EmbeddingOutput):
 
 
 class ConvBlock(nn.Module):
-    """Conv–BN–PReLU, stored as ``layers.{0,1,2}`` like arcface_torch."""
+    """Conv–BN–PReLU stored as ``layers.{0,1,2}`` like arcface_torch; without the PReLU (``activation=False``)
+    it is arcface_torch's LinearBlock, the projection of an inverted residual."""
 
     def __init__(
-        self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
+        self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1,
+        activation: bool = True,
     ) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
+        layers: list[nn.Module] = [
             nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
             nn.BatchNorm2d(out_c),
-            nn.PReLU(out_c),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class LinearBlock(nn.Module):
-    """Conv–BN with no activation (the projection of an inverted residual)."""
-
-    def __init__(
-        self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
-    ) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
-            nn.BatchNorm2d(out_c),
-        )
+        ]
+        if activation:
+            layers.append(nn.PReLU(out_c))
+        self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -218,7 +206,7 @@ class DepthWise(nn.Module):
         self.layers = nn.Sequential(
             ConvBlock(in_c, groups),
             ConvBlock(groups, groups, kernel=3, stride=stride, padding=1, groups=groups),
-            LinearBlock(groups, out_c),
+            ConvBlock(groups, out_c, activation=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,12 +226,12 @@ class Residual(nn.Module):
 
 
 class GDC(nn.Module):
-    """Global depthwise conv head: ``layers`` = [LinearBlock dw k×k, Flatten, Linear, BatchNorm1d]."""
+    """Global depthwise conv head: ``layers`` = [ConvBlock dw k×k without PReLU, Flatten, Linear, BatchNorm1d]."""
 
     def __init__(self, embedding_size: int, spatial: int, dropout: float) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            LinearBlock(512, 512, kernel=spatial, groups=512),
+            ConvBlock(512, 512, kernel=spatial, groups=512, activation=False),
             nn.Flatten(1),
             nn.Linear(512, embedding_size, bias=False),
             nn.BatchNorm1d(embedding_size),
