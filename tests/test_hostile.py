@@ -54,3 +54,14 @@ def test_repeated_paths_are_each_scored_and_counted(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert '"duplicate_paths": 2' in result.stdout
     assert len(pd.read_parquet(tmp_path / "s.parquet")) == 8
+
+
+def test_csv_labels_with_leading_zeros_stay_distinct_text(tmp_path: Path) -> None:
+    from facecleaner.sources import open_source
+
+    (tmp_path / "codes.csv").write_text("path,label\na.png,007\nb.png,7\nc.png,0042\n")
+    (tmp_path / "ints.csv").write_text("path,label\na.png,7\nb.png,-3\nc.png,0\n")
+    codes = open_source(tmp_path / "codes.csv").table()["label"]
+    ints = open_source(tmp_path / "ints.csv").table()["label"]
+    assert codes.tolist() == ["007", "7", "0042"] and codes.dtype == "string"
+    assert ints.tolist() == [7, -3, 0] and pd.api.types.is_integer_dtype(ints.dtype)

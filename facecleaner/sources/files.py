@@ -57,6 +57,20 @@ def open_identity_folders(root: Path) -> FileSource:
     return FileSource(table, resolved, f"identity folders at {root}", root)
 
 
+def _integer_if_canonical(labels: pd.Series) -> pd.Series:
+    """CSV labels become integers only when every one is written as an integer is ("7", "-3", never "007"):
+    identity codes with leading zeros stay text, so "007" and "7" remain two identities."""
+    text = labels.astype("string")
+    given = text.dropna()
+    if given.empty:
+        return text
+    if given.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})").all():
+        return text.astype("Int64")
+    if given.str.fullmatch(r"-?[0-9]+(\.[0-9]*)?").all() and given.str.contains(".", regex=False).any():
+        return text.astype("Float64")  # numbers with decimals: refused below as fractional labels
+    return text
+
+
 def _displayable(name: str) -> str:
     """A file name as UTF-8 text: bytes that are not UTF-8 (kept by Python as surrogates) become \\xNN escapes."""
     try:
@@ -72,8 +86,11 @@ def open_manifest(path: Path) -> FileSource:
         if path.suffix.lower() == ".parquet":
             frame = pq.read_table(path).to_pandas(types_mapper=_nullable_types)
         else:
-            frame = pd.read_csv(path, dtype={"path": "string"}, keep_default_na=False, na_values=[""])
+            frame = pd.read_csv(path, dtype={"path": "string", "label": "string"}, keep_default_na=False,
+                                na_values=[""])
             frame = frame.convert_dtypes()
+            if "label" in frame.columns:
+                frame["label"] = _integer_if_canonical(frame["label"])
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"cannot read manifest {path}: {exc}".splitlines()[0],
                          "give a Parquet or CSV file with columns path,label") from exc
