@@ -41,8 +41,12 @@ IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
 _STAGE_WIDTHS = (64, 128, 256, 512)
 
 
-def _check_common(arch: str, embedding_size: int, dropout: float) -> None:
-    """Reject sizes that would only fail later, deep inside a forward pass."""
+def _check_and_record(module: nn.Module, arch: str, embedding_size: int, image_size: int, dropout: float,
+                      multiple: int) -> None:
+    """Reject sizes that would only fail later, deep inside a forward pass, and record them on ``module``.
+
+    The FC layer's input size depends on the image size (a multiple of ``multiple``), so it is fixed here.
+    """
     if not isinstance(embedding_size, int) or isinstance(embedding_size, bool) or embedding_size < 1:
         raise InputError(
             f"embedding size {embedding_size!r} is not usable for backbone {arch!r}",
@@ -53,16 +57,15 @@ def _check_common(arch: str, embedding_size: int, dropout: float) -> None:
             f"dropout {dropout!r} is outside [0, 1) for backbone {arch!r}",
             "pass a probability such as 0.0 (the arcface_torch default) or 0.4",
         )
-
-
-def _check_image_size(arch: str, image_size: int, multiple: int) -> None:
-    """The FC layer's input size depends on the image size, so fix it at construction."""
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 16 or image_size % multiple:
         need = "at least 16" if multiple == 1 else f"a multiple of {multiple} and at least 16"
         raise InputError(
             f"image size {image_size!r} does not fit backbone {arch!r}: it must be {need}",
             "pass --image-size 112 (aligned faces) or another size that fits",
         )
+    module.arch = arch
+    module.embedding_size = embedding_size
+    module.image_size = image_size
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -131,13 +134,9 @@ class IResNet(_EmbeddingOutput):
         arch: str = "iresnet",
     ) -> None:
         super().__init__()
-        _check_common(arch, embedding_size, dropout)
-        _check_image_size(arch, image_size, 16)
+        _check_and_record(self, arch, embedding_size, image_size, dropout, 16)
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise InputError(f"IResNet needs four positive stage depths, got {list(layers)!r}")
-        self.arch = arch
-        self.embedding_size = embedding_size
-        self.image_size = image_size
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes, eps=1e-05)
@@ -258,11 +257,7 @@ class MobileFaceNet(nn.Module):
         arch: str = "mbf",
     ) -> None:
         super().__init__()
-        _check_common(arch, embedding_size, dropout)
-        _check_image_size(arch, image_size, 16)
-        self.arch = arch
-        self.embedding_size = embedding_size
-        self.image_size = image_size
+        _check_and_record(self, arch, embedding_size, image_size, dropout, 16)
         c1, c2 = 64 * scale, 128 * scale
         self.layers = nn.ModuleList()
         self.layers.append(ConvBlock(3, c1, kernel=3, stride=2, padding=1))
@@ -320,11 +315,7 @@ class TinyNet(_EmbeddingOutput):
         self, embedding_size: int = 512, image_size: int = 32, dropout: float = 0.0, arch: str = "tiny"
     ) -> None:
         super().__init__()
-        _check_common(arch, embedding_size, dropout)
-        _check_image_size(arch, image_size, 1)
-        self.arch = arch
-        self.embedding_size = embedding_size
-        self.image_size = image_size
+        _check_and_record(self, arch, embedding_size, image_size, dropout, 1)
         modules: list[nn.Module] = []
         channels, spatial = 3, image_size
         for width, extra in zip(_TINY_WIDTHS, _TINY_EXTRA, strict=True):
