@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from facecleaner.config import TrainConfig, load_config, resolve, save_config
-from facecleaner.errors import CheckpointError, InputError, PruneRefused, TooManyBadSamples
+from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, PruneRefused, TooManyBadSamples
 from facecleaner.fileio import atomic_output
 from facecleaner.manifests.io import (
     ROW_GROUP_ROWS,
@@ -79,7 +79,8 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
         if saved.get("input_fingerprint") != fingerprint:
             raise CheckpointError(f"{data} is not the dataset {run_dir} was trained on",
                                   "resume with the same DATA, or start a new run in another --out")
-        resolved = replace(load_config(config_file), epochs=config.epochs or load_config(config_file).epochs)
+        saved_config = load_config(config_file)
+        resolved = replace(saved_config, epochs=config.epochs or saved_config.epochs)
     else:
         if (run_dir / CHECKPOINT_FILE).exists() or (run_dir / MODEL_FILE).exists():
             raise InputError(f"{run_dir} already holds a run",
@@ -235,8 +236,6 @@ class _CollectedRows:
 
 def _follow_rank0(world: Any) -> dict[str, Any]:
     """A non-zero rank's result: rank 0's summary, or rank 0's failure raised here too."""
-    from facecleaner.errors import FaceCleanerError
-
     result = world.broadcast_object(None)
     if "error" in result:
         raise FaceCleanerError(f"rank 0 failed: {result['error']}", "see rank 0's error above")

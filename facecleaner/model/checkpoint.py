@@ -76,13 +76,15 @@ def load_payload(path: Path) -> dict[str, Any]:
     return payload
 
 
-def model_payload(spec: ModelSpec, backbone: torch.nn.Module, head: SubCenterArcFace) -> dict[str, Any]:
+def model_payload(spec: ModelSpec, backbone: torch.nn.Module, head_weight: torch.Tensor) -> dict[str, Any]:
+    """The model file's contents; the head is its (C·K, D) sub-center weight in class order, however it was
+    held while training (whole, or sharded and gathered)."""
     return {"format": MODEL_FORMAT, "spec": asdict(spec),
-            "backbone": backbone.state_dict(), "head": head.state_dict()}
+            "backbone": backbone.state_dict(), "head": {"weight": head_weight.detach()}}
 
 
 def save_model(path: Path, spec: ModelSpec, backbone: torch.nn.Module, head: SubCenterArcFace) -> None:
-    atomic_save(model_payload(spec, backbone, head), path)
+    atomic_save(model_payload(spec, backbone, head.weight), path)
 
 
 def restore(payload: dict[str, Any], path: Path) -> tuple[ModelSpec, torch.nn.Module, SubCenterArcFace]:

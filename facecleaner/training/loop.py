@@ -18,7 +18,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,12 @@ from facecleaner.model.backbones import build_backbone, load_backbone_weights
 from facecleaner.model.checkpoint import (
     CHECKPOINT_FILE,
     MODEL_FILE,
-    MODEL_FORMAT,
     ModelSpec,
     atomic_save,
     load_payload,
     model_payload,
     restore,
+    save_model,
 )
 from facecleaner.model.runtime import autocast
 from facecleaner.model.sharded_head import ShardedSubCenterArcFace, gather_rows
@@ -209,10 +209,10 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
         if sharded:
             full_head = gather_rows(head.weight.detach(), _shard_rows(head, world), world.world)
             if world.is_main:
-                atomic_save(_payload(spec, backbone.cpu(), full_head.cpu()), run_dir / MODEL_FILE)
+                atomic_save(model_payload(spec, backbone.cpu(), full_head.cpu()), run_dir / MODEL_FILE)
             world.barrier()
         else:
-            atomic_save(model_payload(spec, backbone.cpu(), head.cpu()), run_dir / MODEL_FILE)
+            save_model(run_dir / MODEL_FILE, spec, backbone.cpu(), head.cpu())
     finally:
         if log_handler is not None:
             logging.getLogger("facecleaner").removeHandler(log_handler)
@@ -280,13 +280,13 @@ def _save_checkpoint(run_dir: Path, spec: ModelSpec, backbone: torch.nn.Module, 
             return
         optimizer_state = {"state": {**optimizer_state["state"], head_index: head_state},
                            "param_groups": optimizer_state["param_groups"]}
-        payload = _payload(spec, backbone, full_head)
+        payload = model_payload(spec, backbone, full_head)
         payload["shards"] = {"world": world.world, "ranges": [list(r) for r in shard_ranges(head.num_classes,
                                                                                               world.world)],
                              "sample_rate": head.sample_rate,
                              "rank_rng": [{"torch_rng": t, "augment_rng": a} for t, a in rngs]}
     else:
-        payload = model_payload(spec, backbone, head)
+        payload = model_payload(spec, backbone, head.weight)
     payload.update(optimizer=optimizer_state, scaler=scaler.state_dict(), epoch=epoch,
                    step_in_epoch=step_in_epoch, unreadable=sorted(unreadable),
                    torch_rng=rng[0], augment_rng=rng[1])
@@ -336,12 +336,6 @@ def _load_checkpoint(path: Path, backbone: torch.nn.Module, head: torch.nn.Modul
     if global_batch is not None and saved_batch and saved_batch != global_batch:
         step_in_epoch = step_in_epoch * saved_batch // global_batch  # resumed on another number of ranks
     return {"epoch": payload["epoch"], "step_in_epoch": step_in_epoch, "unreadable": payload["unreadable"]}
-
-
-def _payload(spec: ModelSpec, backbone: torch.nn.Module, full_head: torch.Tensor) -> dict[str, Any]:
-    """model_payload's format, for a head held as one class-ordered weight."""
-    return {"format": MODEL_FORMAT, "spec": asdict(spec), "backbone": backbone.state_dict(),
-            "head": {"weight": full_head}}
 
 
 def _shard_rows(head: ShardedSubCenterArcFace, world: Dist) -> list[int]:
@@ -416,7 +410,3 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
-
-
-def result_dict(result: TrainResult) -> dict[str, Any]:
-    return asdict(result)
