@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from facecleaner.distributed import shard_range
 from facecleaner.manifests.schema import RESERVED, STATUS_OK, scores_schema
 from facecleaner.model import prepare_images
 from facecleaner.model.head import SubCenterArcFace
@@ -103,9 +104,8 @@ def share_of_batches(count: int, batch_size: int, world: int, rank: int) -> list
     """Rank ``rank``'s contiguous run of the single-process batches: each batch is scored exactly as one
     process would score it, so the merged result equals a one-process run."""
     batches = index_batches(np.arange(count), batch_size)
-    base, extra = divmod(len(batches), world)
-    start = rank * base + min(rank, extra)
-    return batches[start:start + base + (1 if rank < extra else 0)]
+    start, end = shard_range(len(batches), world, rank)
+    return batches[start:end]
 
 
 def take_rows(measurements: Measurements, rows: np.ndarray) -> dict:
