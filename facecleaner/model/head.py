@@ -32,6 +32,17 @@ def margin_logits(class_cosine: torch.Tensor, labels: torch.Tensor, scale: float
     return cosine.scatter(1, labels[:, None], final_target) * scale
 
 
+def class_cosines(embeddings: torch.Tensor, weight: torch.Tensor, subcenters: int) -> torch.Tensor:
+    """max over each class's K sub-centers of cos(x, W[j, k]): (N, rows/K) from a (rows, D) weight in class order.
+
+    The matmul runs in the autocast dtype on the raw weight and its (N, rows) result is divided by the row
+    norms: the same cosine as normalising the weight first, without a second (rows, D) matrix per step.
+    """
+    inverse_norm = weight.float().norm(dim=1).clamp_min(1e-12).reciprocal()
+    cosine = F.linear(F.normalize(embeddings.float()), weight).float().mul_(inverse_norm)
+    return cosine.view(len(embeddings), -1, subcenters).amax(dim=2)
+
+
 @dataclass(frozen=True)
 class HeadOutput:
     """The loss plus what the trainer logs: the label's cosine and whether the argmax class is right."""
@@ -62,14 +73,8 @@ class SubCenterArcFace(nn.Module):
         return F.normalize(self.weight.detach().float(), dim=1).view(self.num_classes, self.subcenters, -1)
 
     def class_cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """cos(x, class j) = max_k cos(x, W[j, k]), shaped (N, C); the matmul runs in the autocast dtype.
-
-        The weight is never normalised into a second (C·K, D) matrix: the matmul uses it as it is and the
-        (N, C·K) result is divided by the C·K row norms, which is the same cosine for a fraction of the memory.
-        """
-        inverse_norm = self.weight.float().norm(dim=1).clamp_min(1e-12).reciprocal()
-        cosine = F.linear(F.normalize(embeddings.float()), self.weight).float().mul_(inverse_norm)
-        return cosine.view(len(embeddings), self.num_classes, self.subcenters).amax(dim=2)
+        """cos(x, class j) = max_k cos(x, W[j, k]), shaped (N, C)."""
+        return class_cosines(embeddings, self.weight, self.subcenters)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: float | None = None) -> HeadOutput:
         class_cosine = self.class_cosines(embeddings).float()

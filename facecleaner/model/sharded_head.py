@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facecleaner.distributed import shard_range
-from facecleaner.model.head import margin_logits
+from facecleaner.model.head import class_cosines, margin_logits
 
 # Initial sub-centers come in blocks of this many classes, each from its own seeded generator, so the
 # initial head is the same whatever the number of ranks, and no rank ever materialises the whole head.
@@ -124,10 +124,7 @@ class ShardedSubCenterArcFace(nn.Module):
             local = torch.where(in_shard, remap[local.clamp(0, self.local_classes - 1)], -1)
             class_ids = kept + self.start
         self.kept_classes = class_ids
-        # The cosines exactly as SubCenterArcFace.class_cosines computes them.
-        inverse_norm = weight.float().norm(dim=1).clamp_min(1e-12).reciprocal()
-        cosine = F.linear(F.normalize(embeddings), weight).float().mul_(inverse_norm)
-        class_cosine = cosine.view(rows, len(class_ids), k).amax(dim=2).float()
+        class_cosine = class_cosines(embeddings, weight, k)
         safe = torch.where(in_shard, local, 0)
         with_margin = margin_logits(class_cosine, safe, self.scale, self.margin if margin is None else margin)
         logits = torch.where(in_shard[:, None], with_margin, class_cosine.clamp(-1.0, 1.0) * self.scale)
