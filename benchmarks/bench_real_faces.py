@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: train's)")
     parser.add_argument("--close-set", type=float, default=0.1)
     parser.add_argument("--open-set", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -65,7 +66,8 @@ def main() -> None:
         raise SystemExit(f"{FACES} is absent: this benchmark needs the shared face sets")
     started = time.perf_counter()
     manifest = build_manifest(args.out, args.close_set, args.open_set, args.seed)
-    config = TrainConfig(backbone="tiny", image_size=args.image_size, epochs=args.epochs, device="cpu", seed=args.seed)
+    config = TrainConfig(backbone="tiny", image_size=args.image_size, epochs=args.epochs, lr=args.lr, device="cpu",
+                         seed=args.seed)
     trained = facecleaner.train(manifest, args.out / "run", config, progress=False)
     scored = facecleaner.score(args.out / "run", manifest, args.out / "scores.parquet", device="cpu", progress=False)
     truth = pd.read_parquet(manifest, columns=["is_noise"])["is_noise"].to_numpy()

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from facecleaner.errors import InputError
@@ -291,3 +292,37 @@ def test_lookup_labels_unknown_is_minus_one() -> None:
 
 def test_lookup_string_labels_under_integer_model() -> None:
     assert lookup_labels(pd.Series(pd.array(["alice", "bob"], dtype="string")), [1, 2]).tolist() == [-1, -1]
+
+
+# --- DecodedImages' memory cache -------------------------------------------------------------------------
+
+def test_memory_cache_decodes_each_readable_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from facecleaner.sources.dataset import DecodedImages
+
+    (tmp_path / "a").mkdir()
+    noise_rgb(SIZE, SIZE, seed=1).save(tmp_path / "a" / "1.png")
+    noise_rgb(40, 24, seed=2).save(tmp_path / "a" / "2.png")  # another size: resized, and flagged so
+    (tmp_path / "a" / "3.png").write_bytes(b"")  # unreadable: never cached, its reason kept
+    source = open_identity_folders(tmp_path)
+    reads: list[int] = []
+    real_read = source.read_bytes
+    monkeypatch.setattr(source, "read_bytes", lambda index: reads.append(index) or real_read(index))
+    uncached = [DecodedImages(source, SIZE)[i] for i in range(3)]
+    reads.clear()
+    cached = DecodedImages(source, SIZE, cache=True)
+    first = [cached[i] for i in range(3)]
+    second = [cached[i] for i in range(3)]
+    assert reads == [0, 1, 2, 2]
+    for a, b, c in zip(uncached, first, second, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0])
+        assert a[1:] == b[1:] == c[1:]
+    assert [item[4] for item in second] == [False, True, False]
+    assert second[2][1] is False and second[2][3] == "empty file"
+
+
+def test_memory_cache_limit() -> None:
+    from facecleaner.sources.dataset import MEMORY_CACHE_BYTES, DecodedImages
+
+    per_image = 112 * 112 * 3
+    assert DecodedImages.fits_memory_cache(MEMORY_CACHE_BYTES // per_image, 112)
+    assert not DecodedImages.fits_memory_cache(MEMORY_CACHE_BYTES // per_image + 1, 112)

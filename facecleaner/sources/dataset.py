@@ -15,21 +15,44 @@ from torch.utils.data import DataLoader, Dataset
 from facecleaner.sources.base import Source
 from facecleaner.sources.images import UnreadableImage, decode_and_resize
 
+#: Decoded images kept in memory for later epochs when the whole set fits in this many bytes.
+MEMORY_CACHE_BYTES = 2 << 30
+
 
 class DecodedImages(Dataset):
-    """Item ``i`` = (uint8 HWC tensor, ok flag, sample index, reason or "", resized from another size)."""
+    """Item ``i`` = (uint8 HWC tensor, ok flag, sample index, reason or "", resized from another size).
 
-    def __init__(self, source: Source, image_size: int) -> None:
+    With ``cache`` every readable image is decoded once and kept (uint8, ``image_size``² × 3 bytes each):
+    on a small set trained in-process, decoding PNG/JPEG again each epoch costs as much as the model.
+    Only for in-process loading; worker processes would each fill a copy of their own.
+    """
+
+    def __init__(self, source: Source, image_size: int, cache: bool = False) -> None:
         self.source = source
         self.image_size = image_size
         self._length = len(source.table())
+        self._pixels: torch.Tensor | None = None
+        self._resized = np.zeros(0, dtype=np.int8)  # per sample: 0 not cached, 1 cached, 2 cached and resized
+        if cache:
+            self._pixels = torch.empty((self._length, image_size, image_size, 3), dtype=torch.uint8)
+            self._resized = np.zeros(self._length, dtype=np.int8)
+
+    @staticmethod
+    def fits_memory_cache(samples: int, image_size: int) -> bool:
+        """Whether ``samples`` decoded images of this size fit :data:`MEMORY_CACHE_BYTES`."""
+        return samples * image_size * image_size * 3 <= MEMORY_CACHE_BYTES
 
     def __len__(self) -> int:
         return self._length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, int, str, bool]:
+        if self._pixels is not None and self._resized[index]:
+            return self._pixels[index], True, index, "", bool(self._resized[index] == 2)
         try:
             pixels, resized = decode_and_resize(self.source.read_bytes(index), self.image_size)
+            if self._pixels is not None:
+                self._pixels[index] = torch.from_numpy(pixels)
+                self._resized[index] = 2 if resized else 1
             return torch.from_numpy(pixels), True, index, "", resized
         except FileNotFoundError:
             reason = "missing file"

@@ -126,7 +126,9 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
     max_bad = config.max_bad_fraction * samples
 
     plan = BatchPlan()
-    loader = batch_loader(DecodedImages(source, spec.image_size), plan, config.workers, device.type == "cuda")
+    cache = config.workers == 0 and DecodedImages.fits_memory_cache(samples, spec.image_size)
+    loader = batch_loader(DecodedImages(source, spec.image_size, cache=cache), plan, config.workers,
+                          device.type == "cuda")
     stop = _StopFlag()
     log_handler = _file_log(run_dir / "train.log") if world.is_main else None
     metrics: dict[str, Any] = {}
