@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from facecleaner import __version__
+from facecleaner.config import DEMO_EPOCHS, DEMO_IMAGES_PER_IDENTITY, DEMO_LR
 from facecleaner.errors import FaceCleanerError
 
 PATH = click.Path(path_type=Path)
@@ -253,12 +254,16 @@ def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_
 @click.option("--out", type=PATH, default=Path("facecleaner-demo"), show_default=True,
               help="Folder for the generated data, the run and the manifests.")
 @click.option("--identities", type=click.IntRange(min=2), default=100, show_default=True)
-@click.option("--images-per-identity", type=click.IntRange(min=2), default=30, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: automatic].")
+@click.option("--images-per-identity", type=click.IntRange(min=2), default=DEMO_IMAGES_PER_IDENTITY,
+              show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=DEMO_EPOCHS, show_default=True,
+              help="Training epochs.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEMO_LR, show_default=True,
+              help="Learning rate: low, so the tiny model keeps unrelated identities near-orthogonal (README).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @quiet_option
 @json_option
-def demo(out: Path, identities: int, images_per_identity: int, epochs: int | None, seed: int, quiet: bool,
+def demo(out: Path, identities: int, images_per_identity: int, epochs: int, lr: float, seed: int, quiet: bool,
          as_json: bool) -> None:
     """Run the whole pipeline on a generated noisy face set, on the CPU, in about two minutes.
 
@@ -274,7 +279,7 @@ def demo(out: Path, identities: int, images_per_identity: int, epochs: int | Non
 
     _setup_logging(quiet)
     summary = _run(api.demo)(out, identities=identities, images_per_identity=images_per_identity, epochs=epochs,
-                             seed=seed, progress=not quiet)
+                             lr=lr, seed=seed, progress=not quiet)
     lines = [f"demo: {summary['samples']} samples of {summary['identities']} identities in {summary['out']}",
              f"median angle {summary['median_angle']:.1f}°; dropped set against the planted noise:",
              f"  {'rule':<20}{'precision':>10}{'recall':>8}{'F1':>7}{'clean kept':>12}"]

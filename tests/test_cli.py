@@ -345,6 +345,29 @@ def test_score_identity_folders(str_run: Run, tmp_path: Path) -> None:
     assert pq.read_table(tmp_path / "s.parquet")["label"].to_pylist() == ["alice", "alice", "bob", "bob"]
 
 
+def test_demo_figures_agree_with_its_manifests(tmp_path: Path) -> None:
+    """The printed precision/recall are recomputed here from the ground-truth column and the dropped manifests."""
+    out = tmp_path / "demo"
+    result = invoke("demo", "--out", out, "--identities", "6", "--images-per-identity", "10", "--epochs", "2",
+                    "--lr", "0.05", "--json", "-q")
+    assert_ok(result)
+    summary = json.loads(result.stdout)
+    truth = pd.read_parquet(out / "data" / "manifest.parquet")
+    assert summary["samples"] == len(truth) == 60 and summary["identities"] == 6
+    for rule, name in (("paper", "clean"), ("drop_non_dominant", "clean_strict")):
+        dropped = pd.read_parquet(out / f"{name}.dropped.parquet")
+        kept = pd.read_parquet(out / f"{name}.parquet")
+        assert len(dropped) + len(kept) == len(truth)
+        hits = int(dropped["is_noise"].sum())
+        figures = summary["rules"][rule]
+        assert figures["dropped"] == len(dropped) and figures["noise"] == int(truth["is_noise"].sum())
+        assert figures["precision"] == pytest.approx(hits / max(len(dropped), 1))
+        assert figures["recall"] == pytest.approx(hits / truth["is_noise"].sum())
+        assert figures["clean_kept"] == pytest.approx((~kept["is_noise"]).sum() / (~truth["is_noise"]).sum())
+    assert json.loads((out / "run" / "config.json").read_text())["train"]["lr"] == 0.05
+    assert_error(invoke("demo", "--out", out, "-q"), "already holds a demo run")
+
+
 # --- train: bad input and run directories ----------------------------------------------------------------------
 
 def test_train_into_an_existing_run(str_run: Run) -> None:
