@@ -196,10 +196,21 @@ def test_manifest_nan_float_label_names_the_row(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
 def test_manifest_fractional_labels(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"m.{suffix}"
-    frame = pd.DataFrame({"path": ["a.png", "b.png"], "label": [1.5, 2.0]})
+    frame = pd.DataFrame({"path": ["a.png", "b.png"], "label": [2.0, 1.5]})
     frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
-    with pytest.raises(InputError, match="fractional"):
+    with pytest.raises(InputError, match=r"fractional label in row 1 \(1\.5\)"):
         open_source(path)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_manifest_whole_float_labels_are_integers(tmp_path: Path, suffix: str) -> None:
+    """An integer label column that once held a NaN is float (3.0): its labels are the integers."""
+    path = tmp_path / f"m.{suffix}"
+    frame = pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "label": [3.0, -1.0, 3.0]})
+    frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
+    label = open_source(path).table()["label"]
+    assert pd.api.types.is_integer_dtype(label.dtype)
+    assert label.tolist() == [3, -1, 3]
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])

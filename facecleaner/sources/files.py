@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -71,6 +72,18 @@ def _integer_if_canonical(labels: pd.Series) -> pd.Series:
     return text
 
 
+def _whole_float_labels(labels: pd.Series, path: Path) -> pd.Series:
+    """Float labels that are all whole numbers (``3.0``: an integer column that once held a NaN) as integers;
+    a fractional one is refused, since ``1.5`` names no identity."""
+    values = labels.to_numpy(dtype=np.float64)
+    fractional = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) > 2.0 ** 53)
+    if fractional.any():
+        row = int(fractional.nonzero()[0][0])
+        raise InputError(f"manifest {path} has a fractional label in row {row} ({float(values[row])!r})",
+                         "labels must be integers or strings")
+    return pd.Series(values.astype(np.int64), index=labels.index).astype("Int64")
+
+
 def _displayable(name: str) -> str:
     """A file name as UTF-8 text: bytes that are not UTF-8 (kept by Python as surrogates) become \\xNN escapes."""
     try:
@@ -109,7 +122,7 @@ def open_manifest(path: Path) -> FileSource:
                          f"({int(labels.isna().sum())} rows in all)",
                          "give every row a label, or remove the unlabelled rows")
     if pd.api.types.is_float_dtype(labels.dtype):
-        raise InputError(f"manifest {path} has fractional labels", "labels must be integers or strings")
+        labels = _whole_float_labels(labels, path)
     if not pd.api.types.is_integer_dtype(labels.dtype):
         labels = labels.astype("string")
     base = _manifest_root(path)
