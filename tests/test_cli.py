@@ -448,6 +448,15 @@ def test_train_needs_two_identities(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_train_warns_once_when_the_model_has_not_separated_the_classes(tmp_path: Path) -> None:
+    write_faces(tmp_path, ["alice", "bob", "carol"], [4, 4, 4])
+    result = invoke("train", tmp_path / "faces", "--out", tmp_path / "run", *TINY, "--lr", "1e-9", "-q")
+    assert_ok(result)
+    warnings = [line for line in result.stderr.splitlines() if "has not separated the classes" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: "), result.stderr
+    assert "separated" not in result.stdout and result.stdout.startswith("model: ")
+
+
 # --- score: run directories and labels -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["empty", "checkpoint only", "missing", "foreign model.pt"])
