@@ -101,7 +101,7 @@ def main() -> None:
       facecleaner score run/ DATA --out scores.parquet
       facecleaner prune scores.parquet --angle 75 --out clean.parquet
     then train your recogniser on clean.parquet (column new_label). `facecleaner demo` runs it all on a
-    generated noisy set in about two minutes on a CPU.
+    generated noisy set in under two minutes on a CPU.
 
     DATA is a folder of identity folders (<root>/<identity>/<image>), a Parquet/CSV manifest with columns
     path,label, or an insightface train.rec (with train.idx beside it).
@@ -265,7 +265,7 @@ def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_
 @json_option
 def demo(out: Path, identities: int, images_per_identity: int, epochs: int, lr: float, seed: int, quiet: bool,
          as_json: bool) -> None:
-    """Run the whole pipeline on a generated noisy face set, on the CPU, in about two minutes.
+    """Run the whole pipeline on a generated noisy face set, on the CPU, in under two minutes.
 
     The set has procedural identities with a clean-but-hard secondary look, close-set label flips and
     open-set outsiders; its manifest's is_noise column is the ground truth, so the figures printed

@@ -13,6 +13,7 @@ import torch
 
 from facecleaner import api
 from facecleaner.config import TrainConfig
+from facecleaner.sources import dataset
 from facecleaner.sources.synthetic import generate_noisy_faces
 from facecleaner.training import loop
 
@@ -107,6 +108,25 @@ def test_clean_set_exported_to_rec_retrains_with_one_subcenter(noisy_set: Path, 
                           progress=False)
     assert retrained["classes"] == clean.new_label.nunique()
     assert retrained["config"]["subcenters"] == 1
+
+
+def test_in_process_training_decodes_each_image_once(noisy_set: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process loader keeps decoded images (second epoch decodes nothing); without the cache the same
+    weights come out, decoding every epoch."""
+    decoded: list[int] = []
+    real_decode = dataset.decode_and_resize
+    monkeypatch.setattr(dataset, "decode_and_resize", lambda *args: decoded.append(1) or real_decode(*args))
+    samples = len(pd.read_parquet(noisy_set))
+    config = TrainConfig(epochs=2, seed=1, workers=0, **TINY)
+    api.train(noisy_set, tmp_path / "cached", config, progress=False)
+    assert len(decoded) <= samples
+    decoded.clear()
+    monkeypatch.setattr(dataset, "MEMORY_CACHE_BYTES", 0)
+    api.train(noisy_set, tmp_path / "uncached", config, progress=False)
+    assert len(decoded) > samples
+    cached, uncached = _weights(tmp_path / "cached"), _weights(tmp_path / "uncached")
+    assert all(torch.equal(cached[name], uncached[name]) for name in cached)
 
 
 def test_worker_processes_change_nothing(noisy_set: Path, tmp_path: Path) -> None:

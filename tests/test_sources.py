@@ -16,6 +16,7 @@ from PIL import Image
 
 from facecleaner.errors import InputError
 from facecleaner.sources import UnreadableImage, decode_image, open_source
+from facecleaner.sources.dataset import MEMORY_CACHE_BYTES, DecodedImages
 from facecleaner.sources.files import FileSource, open_identity_folders, open_manifest
 from facecleaner.sources.labels import encode_labels, lookup_labels
 from facecleaner.sources.recordio import RecordIOSource, RecordIOWriter
@@ -308,8 +309,6 @@ def test_lookup_string_labels_under_integer_model() -> None:
 # --- DecodedImages' memory cache -------------------------------------------------------------------------
 
 def test_memory_cache_decodes_each_readable_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from facecleaner.sources.dataset import DecodedImages
-
     (tmp_path / "a").mkdir()
     noise_rgb(SIZE, SIZE, seed=1).save(tmp_path / "a" / "1.png")
     noise_rgb(40, 24, seed=2).save(tmp_path / "a" / "2.png")  # another size: resized, and flagged so
@@ -332,8 +331,17 @@ def test_memory_cache_decodes_each_readable_image_once(tmp_path: Path, monkeypat
 
 
 def test_memory_cache_limit() -> None:
-    from facecleaner.sources.dataset import MEMORY_CACHE_BYTES, DecodedImages
-
     per_image = 112 * 112 * 3
     assert DecodedImages.fits_memory_cache(MEMORY_CACHE_BYTES // per_image, 112)
     assert not DecodedImages.fits_memory_cache(MEMORY_CACHE_BYTES // per_image + 1, 112)
+    assert DecodedImages.fits_memory_cache(MEMORY_CACHE_BYTES // per_image // 4, 112, processes=4)
+    assert not DecodedImages.fits_memory_cache(MEMORY_CACHE_BYTES // per_image // 4 + 1, 112, processes=4)
+
+
+def test_memory_cache_hands_out_copies(tmp_path: Path) -> None:
+    png_file(tmp_path / "a" / "1.png")
+    cached = DecodedImages(open_identity_folders(tmp_path), SIZE, cache=True)
+    original = cached[0][0].clone()
+    cached[0][0].zero_()
+    cached[0][0].zero_()
+    assert torch.equal(cached[0][0], original)

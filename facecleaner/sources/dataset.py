@@ -15,8 +15,10 @@ from torch.utils.data import DataLoader, Dataset
 from facecleaner.sources.base import Source
 from facecleaner.sources.images import UnreadableImage, decode_and_resize
 
-#: Decoded images kept in memory for later epochs when the whole set fits in this many bytes.
+#: Decoded images kept in memory for later epochs when the whole set fits in this many bytes (per process).
 MEMORY_CACHE_BYTES = 2 << 30
+
+_NOT_CACHED, _CACHED, _CACHED_RESIZED = 0, 1, 2
 
 
 class DecodedImages(Dataset):
@@ -32,27 +34,29 @@ class DecodedImages(Dataset):
         self.image_size = image_size
         self._length = len(source.table())
         self._pixels: torch.Tensor | None = None
-        self._resized = np.zeros(0, dtype=np.int8)  # per sample: 0 not cached, 1 cached, 2 cached and resized
+        self._state: np.ndarray | None = None  # per sample: _NOT_CACHED, _CACHED or _CACHED_RESIZED
         if cache:
             self._pixels = torch.empty((self._length, image_size, image_size, 3), dtype=torch.uint8)
-            self._resized = np.zeros(self._length, dtype=np.int8)
-
-    @staticmethod
-    def fits_memory_cache(samples: int, image_size: int) -> bool:
-        """Whether ``samples`` decoded images of this size fit :data:`MEMORY_CACHE_BYTES`."""
-        return samples * image_size * image_size * 3 <= MEMORY_CACHE_BYTES
+            self._state = np.full(self._length, _NOT_CACHED, dtype=np.int8)
 
     def __len__(self) -> int:
         return self._length
 
+    @staticmethod
+    def fits_memory_cache(samples: int, image_size: int, processes: int = 1) -> bool:
+        """Whether ``samples`` decoded images of this size fit :data:`MEMORY_CACHE_BYTES` in each of
+        ``processes`` processes (every rank of a job fills a whole copy over the epochs)."""
+        return samples * image_size * image_size * 3 * processes <= MEMORY_CACHE_BYTES
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, int, str, bool]:
-        if self._pixels is not None and self._resized[index]:
-            return self._pixels[index], True, index, "", bool(self._resized[index] == 2)
+        if self._state is not None and self._state[index] != _NOT_CACHED:
+            # A copy, so that a caller writing into its image cannot change the cache.
+            return self._pixels[index].clone(), True, index, "", bool(self._state[index] == _CACHED_RESIZED)
         try:
             pixels, resized = decode_and_resize(self.source.read_bytes(index), self.image_size)
-            if self._pixels is not None:
+            if self._state is not None:
                 self._pixels[index] = torch.from_numpy(pixels)
-                self._resized[index] = 2 if resized else 1
+                self._state[index] = _CACHED_RESIZED if resized else _CACHED
             return torch.from_numpy(pixels), True, index, "", resized
         except FileNotFoundError:
             reason = "missing file"
