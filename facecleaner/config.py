@@ -72,7 +72,7 @@ class TrainConfig:
 # near 90° from that identity's dominant sub-center. The tiny CPU model gets close when it learns slowly from
 # many images per identity, each seen few times. With train's defaults (lr 0.05, 40 epochs of 30 images per
 # identity) unrelated identities sit 90 ± 11° apart and noisy images are partly memorised into their labels
-# (recall 0.77); with this recipe they sit 90 ± 9° apart with almost no memorisation (recall 0.93). On small
+# (recall 0.77); with this recipe they sit 90 ± 9° apart with almost no memorisation (recall 0.92). On small
 # real sets a low rate underfits instead, so this is not train's default. Measured in benchmarks/RESULTS.md.
 DEMO_IMAGES_PER_IDENTITY = 100
 DEMO_EPOCHS = 20

@@ -49,7 +49,7 @@ _HARD_KINDS = ("sunglasses", "hat", "mask")
 
 Color = tuple[int, int, int]
 _RELIEF = 5  # the relief grid is _RELIEF × _RELIEF
-_RELIEF_DEPTH = 0.6  # how far relief darkens or lightens the face
+_RELIEF_DEPTH = 0.8  # how far relief darkens or lightens the face
 
 _SCHEMA = pa.schema([("path", pa.string()), ("label", pa.string()), ("true_identity", pa.string()),
                      ("noise", pa.string()), ("is_noise", pa.bool_())])
