@@ -18,9 +18,10 @@ import torch
 
 from facecleaner import api
 from facecleaner.config import TrainConfig
-from facecleaner.distributed import shard_range
+from facecleaner.distributed import Dist, shard_range
 from facecleaner.model.sharded_head import ShardedSubCenterArcFace
 from facecleaner.sources.synthetic import generate_noisy_faces
+from facecleaner.training import loop
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -281,3 +282,34 @@ def test_partial_fc_training_in_one_process_writes_a_standard_model(tmp_path: Pa
     assert checkpoint["shards"]["world"] == 1 and checkpoint["shards"]["sample_rate"] == 0.5
     scored = api.score(tmp_path / "run", data, tmp_path / "scores.parquet", device="cpu", progress=False)
     assert scored["samples"] == 48
+
+
+class _OtherRank(Dist):
+    """This process as rank 0 of two, with the other rank's contribution to a MAX all-reduce given."""
+
+    def __init__(self, other: float) -> None:
+        super().__init__(rank=0, world=2)
+        self.other = other
+
+    def all_reduce(self, tensor: torch.Tensor, op: object = None) -> torch.Tensor:
+        return tensor.clamp_(min=self.other)
+
+
+@pytest.mark.parametrize(("local_overflow", "other_overflow", "skipped"),
+                         [(False, False, False), (False, True, True), (True, False, True)])
+def test_fp16_overflow_on_any_rank_skips_the_step_on_every_rank(local_overflow: bool, other_overflow: bool,
+                                                                 skipped: bool) -> None:
+    """Each rank's GradScaler sees only its own head shard; _share_overflow makes them all skip together."""
+    weight = torch.nn.Parameter(torch.ones(4, 2))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    scaler.scale((weight * 3).sum()).backward()
+    if local_overflow:
+        weight.grad[2, 1] = float("inf")
+    loop._share_overflow([weight], _OtherRank(1.0 if other_overflow else 0.0))
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    expected = torch.ones(4, 2) if skipped else torch.full((4, 2), 1.0 - 0.5 * 3)
+    assert torch.equal(weight.detach(), expected)
+    assert scaler.get_scale() == (4.0 if skipped else 8.0)

@@ -179,6 +179,8 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                     scaler.scale(out.loss * world.world if world.enabled else out.loss).backward()
                     if world.enabled and head.weight.grad is not None:
                         head.weight.grad.div_(world.world)
+                    if world.enabled and scaler.is_enabled():
+                        _share_overflow(list(head.parameters()), world)
                     scaler.unscale_(optimizer)
                     if world.enabled:
                         _clip_global(list(backbone.parameters()), list(head.parameters()), config.grad_clip, world)
@@ -369,6 +371,19 @@ def _any_rank(world: Dist, flag: bool, device: torch.device) -> bool:
     if not world.enabled:
         return flag
     return bool(world.all_reduce(torch.tensor([int(flag)], device=device), torch.distributed.ReduceOp.MAX))
+
+
+def _share_overflow(head_params: list[torch.Tensor], world: Dist) -> None:
+    """fp16 under torchrun: each GradScaler looks only at its own rank's gradients, and a head shard's are not
+    all-reduced. When any rank's shard overflowed, poison one local gradient with NaN so that every rank's
+    scaler skips this step and lowers its scale alike; otherwise their scales, then the weights, drift apart.
+    (Backbone gradients are identical on every rank after DDP's all-reduce, so an overflow there is shared.)"""
+    grads = [p.grad for p in head_params if p.grad is not None]
+    if not grads:
+        return
+    local = torch.stack([(~torch.isfinite(g)).any() for g in grads]).any().float().reshape(1)
+    overflow = world.all_reduce(local, op=torch.distributed.ReduceOp.MAX)[0]
+    grads[0].view(-1)[:1].add_(torch.where(overflow > 0, float("nan"), 0.0).to(grads[0].dtype))
 
 
 def _clip_global(backbone_params: list[torch.Tensor], head_params: list[torch.Tensor], max_norm: float,
