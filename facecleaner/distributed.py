@@ -8,6 +8,7 @@ no process group, and every helper here is a no-op, so the single-process code p
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -96,7 +97,10 @@ def init(device: torch.device) -> Dist:
 
 
 def _destroy() -> None:
+    """Leave the job while the interpreter is whole: collect first, so no gloo work object holding tensors
+    outlives the group and is freed during interpreter shutdown (which aborts the process)."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

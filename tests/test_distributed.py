@@ -29,6 +29,8 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 TINY = dict(backbone="tiny", image_size=16, embedding_size=16, batch_size=8, device="cpu", seed=1)
 
 WORKER = textwrap.dedent('''
+    import gc
+    import os
     import sys
     from pathlib import Path
 
@@ -144,9 +146,11 @@ WORKER = textwrap.dedent('''
             dropped[partial.kept_classes - partial.start] = False
             grads = partial.weight.grad.view(partial.local_classes, k, dim)
             assert torch.all(grads[dropped] == 0) and torch.all(grads[~dropped].abs().sum(dim=(1, 2)) > 0)
+        gc.collect()  # no autograd graph or gloo work object may outlive the group
         dist.barrier()
         dist.destroy_process_group()  # a group left alive aborts the process at exit
         print(f"rank {rank}: head checks passed", flush=True)
+        os._exit(0)  # the checks are done; skip interpreter teardown, where gloo's threads can still abort
 
     def pipeline(data, tmp):
         from facecleaner import api
@@ -161,7 +165,6 @@ WORKER = textwrap.dedent('''
 
         # SIGTERM reaching one rank mid-epoch: every rank stops at the same step, the checkpoint is written,
         # and --resume on the same world continues bit-for-bit.
-        import os
         import signal
 
         import pytest
