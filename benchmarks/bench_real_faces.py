@@ -20,7 +20,7 @@ import pandas as pd
 
 import facecleaner
 from facecleaner.config import TrainConfig
-from facecleaner.pruning.evaluate import detection_metrics
+from facecleaner.pruning.evaluate import kept_detection_metrics
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
 
@@ -76,10 +76,8 @@ def main() -> None:
         clean = args.out / f"clean_{name}.parquet"
         facecleaner.prune(args.out / "scores.parquet", clean, drop_non_dominant=strict, force=True)
         kept = pd.read_parquet(clean, columns=["sample_id"])["sample_id"].to_numpy()
-        dropped = np.ones(len(truth), dtype=bool)
-        dropped[kept] = False
         results[name] = {k: round(v, 3) if isinstance(v, float) else v
-                         for k, v in detection_metrics(dropped, truth).items()}
+                         for k, v in kept_detection_metrics(kept, truth).items()}
     print(json.dumps({"samples": len(truth), "noise": int(truth.sum()), "epochs": trained["epochs"],
                       "train_accuracy": round(trained["final_accuracy"], 3),
                       "median_angle": round(scored["median_angle"], 1), "rules": results,

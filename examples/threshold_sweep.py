@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import facecleaner
 from facecleaner.config import DEMO_EPOCHS, DEMO_IMAGES_PER_IDENTITY, DEMO_LR, TrainConfig
-from facecleaner.pruning.evaluate import detection_metrics
+from facecleaner.pruning.evaluate import kept_detection_metrics
 from facecleaner.sources.synthetic import generate_noisy_faces
 
 
@@ -45,9 +44,7 @@ def main() -> None:
         for rule, strict in (("paper", False), ("drop_non_dominant", True)):
             clean = args.out / f"clean_{rule}_{angle:g}.parquet"
             facecleaner.prune(scores, clean, angle=angle, drop_non_dominant=strict, force=True)
-            dropped = np.ones(len(truth), dtype=bool)
-            dropped[pd.read_parquet(clean, columns=["sample_id"])["sample_id"].to_numpy()] = False
-            m = detection_metrics(dropped, truth)
+            m = kept_detection_metrics(pd.read_parquet(clean, columns=["sample_id"])["sample_id"], truth)
             print(f"{angle:>6g} {rule:<18} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['clean_kept']:>10.3f}")
 
 

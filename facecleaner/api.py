@@ -342,7 +342,7 @@ def demo(out: str | Path = "facecleaner-demo", identities: int = 100,
     """
     import pandas as pd
 
-    from facecleaner.pruning.evaluate import detection_metrics
+    from facecleaner.pruning.evaluate import kept_detection_metrics
     from facecleaner.sources.synthetic import generate_noisy_faces
 
     root = Path(out)
@@ -361,9 +361,8 @@ def demo(out: str | Path = "facecleaner-demo", identities: int = 100,
         clean_path = root / ("clean_strict.parquet" if strict else "clean.parquet")
         pruned = prune(root / "scores.parquet", clean_path, drop_non_dominant=strict, force=True)
         kept = pd.read_parquet(clean_path, columns=["sample_id"])["sample_id"].to_numpy()
-        dropped = np.ones(len(truth), dtype=bool)
-        dropped[kept] = False
-        rules[name] = {**detection_metrics(dropped, truth), "clean": pruned["clean"], "dropped_file": pruned["dropped"]}
+        rules[name] = {**kept_detection_metrics(kept, truth), "clean": pruned["clean"],
+                       "dropped_file": pruned["dropped"]}
     summary = {"out": str(root), "samples": len(truth), "identities": identities,
                "train": {key: trained[key] for key in ("final_accuracy", "final_mean_angle", "epochs",
                                                        "images_per_second", "separated")},

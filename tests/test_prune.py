@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from facecleaner import api
 from facecleaner.errors import InputError, PruneRefused
 from facecleaner.manifests.schema import REASONS
+from facecleaner.pruning.evaluate import kept_detection_metrics
 from facecleaner.pruning.rules import KEPT, decide
 
 
@@ -135,3 +136,10 @@ def test_streaming_in_small_batches_gives_the_same_files(scores_file, tmp_path, 
         pd.testing.assert_frame_equal(whole, batched)
     assert len(pd.read_parquet(tmp_path / "batched.parquet")) + len(
         pd.read_parquet(tmp_path / "batched.dropped.parquet")) == n
+
+
+def test_detection_metrics_of_a_clean_manifest_by_hand() -> None:
+    is_noise = np.array([True, True, False, False, False])
+    figures = kept_detection_metrics(np.array([1, 2, 3]), is_noise)  # rows 0 and 4 dropped: one hit, one miss
+    assert figures == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "clean_kept": pytest.approx(2 / 3),
+                       "dropped": 2, "noise": 2}

@@ -17,3 +17,11 @@ def detection_metrics(dropped: np.ndarray, is_noise: np.ndarray) -> dict[str, fl
     return {"precision": precision, "recall": recall, "f1": f1,
             "clean_kept": float((~dropped & clean).sum() / max(int(clean.sum()), 1)),
             "dropped": int(dropped.sum()), "noise": int(is_noise.sum())}
+
+
+def kept_detection_metrics(kept: np.ndarray, is_noise: np.ndarray) -> dict[str, float]:
+    """:func:`detection_metrics` of a clean manifest, given by its kept ``sample_id`` values: every other row
+    of the input was dropped."""
+    dropped = np.ones(len(is_noise), dtype=bool)
+    dropped[np.asarray(kept, dtype=np.int64)] = False
+    return detection_metrics(dropped, is_noise)
