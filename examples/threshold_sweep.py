@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import facecleaner
-from facecleaner.config import DEMO_EPOCHS, DEMO_IMAGES_PER_IDENTITY, DEMO_LR, TrainConfig
+from facecleaner.config import DEMO_EPOCHS, DEMO_IDENTITIES, DEMO_IMAGES_PER_IDENTITY, DEMO_LR, TrainConfig
 from facecleaner.pruning.evaluate import kept_detection_metrics
 from facecleaner.sources.synthetic import generate_noisy_faces
 
@@ -24,7 +24,7 @@ from facecleaner.sources.synthetic import generate_noisy_faces
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="a new folder for the data, run and manifests")
-    parser.add_argument("--identities", type=int, default=100)
+    parser.add_argument("--identities", type=int, default=DEMO_IDENTITIES)
     parser.add_argument("--images-per-identity", type=int, default=DEMO_IMAGES_PER_IDENTITY)
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--lr", type=float, default=DEMO_LR)

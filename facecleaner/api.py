@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from facecleaner.config import (
     DEMO_EPOCHS,
+    DEMO_IDENTITIES,
     DEMO_IMAGES_PER_IDENTITY,
     DEMO_LR,
     TrainConfig,
@@ -331,7 +332,7 @@ def _embeddings_memmap(path: Path | None, rows: int, dim: int) -> np.memmap | No
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, dim))
 
 
-def demo(out: str | Path = "facecleaner-demo", identities: int = 100,
+def demo(out: str | Path = "facecleaner-demo", identities: int = DEMO_IDENTITIES,
          images_per_identity: int = DEMO_IMAGES_PER_IDENTITY, image_size: int = 32, epochs: int = DEMO_EPOCHS,
          lr: float = DEMO_LR, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """The embedded default: generate a noisy face set with known noise, train, score, prune, evaluate.

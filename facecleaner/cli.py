@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from facecleaner import __version__
-from facecleaner.config import DEMO_EPOCHS, DEMO_IMAGES_PER_IDENTITY, DEMO_LR
+from facecleaner.config import DEMO_EPOCHS, DEMO_IDENTITIES, DEMO_IMAGES_PER_IDENTITY, DEMO_LR
 from facecleaner.errors import FaceCleanerError
 
 PATH = click.Path(path_type=Path)
@@ -253,7 +253,7 @@ def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_
 @main.command()
 @click.option("--out", type=PATH, default=Path("facecleaner-demo"), show_default=True,
               help="Folder for the generated data, the run and the manifests.")
-@click.option("--identities", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--identities", type=click.IntRange(min=2), default=DEMO_IDENTITIES, show_default=True)
 @click.option("--images-per-identity", type=click.IntRange(min=2), default=DEMO_IMAGES_PER_IDENTITY,
               show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=DEMO_EPOCHS, show_default=True,

@@ -74,6 +74,7 @@ class TrainConfig:
 # identity) unrelated identities sit 90 ± 11° apart and noisy images are partly memorised into their labels
 # (recall 0.77); with this recipe they sit 90 ± 9° apart with almost no memorisation (recall 0.92). On small
 # real sets a low rate underfits instead, so this is not train's default. Measured in benchmarks/RESULTS.md.
+DEMO_IDENTITIES = 100
 DEMO_IMAGES_PER_IDENTITY = 100
 DEMO_EPOCHS = 20
 DEMO_LR = 0.005

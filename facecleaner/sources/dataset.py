@@ -43,10 +43,15 @@ class DecodedImages(Dataset):
         return self._length
 
     @staticmethod
+    def memory_cache_bytes(samples: int, image_size: int) -> int:
+        """Bytes the cache of ``samples`` decoded images of this size takes in one process."""
+        return samples * image_size * image_size * 3
+
+    @staticmethod
     def fits_memory_cache(samples: int, image_size: int, processes: int = 1) -> bool:
         """Whether ``samples`` decoded images of this size fit :data:`MEMORY_CACHE_BYTES` in each of
         ``processes`` processes (every rank of a job fills a whole copy over the epochs)."""
-        return samples * image_size * image_size * 3 * processes <= MEMORY_CACHE_BYTES
+        return DecodedImages.memory_cache_bytes(samples, image_size) * processes <= MEMORY_CACHE_BYTES
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, int, str, bool]:
         if self._state is not None and self._state[index] != _NOT_CACHED:

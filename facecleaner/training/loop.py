@@ -129,7 +129,7 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
     cache = config.workers == 0 and DecodedImages.fits_memory_cache(samples, spec.image_size, world.world)
     if cache and world.is_main:
         logger.info("decoding each image once and keeping it in memory (%.0f MiB per process)",
-                    samples * spec.image_size ** 2 * 3 / 2 ** 20)
+                    DecodedImages.memory_cache_bytes(samples, spec.image_size) / 2 ** 20)
     loader = batch_loader(DecodedImages(source, spec.image_size, cache=cache), plan, config.workers,
                           device.type == "cuda")
     stop = _StopFlag()
