@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from facecleaner import api
 from facecleaner.errors import InputError, PruneRefused
+from facecleaner.jobs import prune as prune_job
 from facecleaner.manifests.schema import REASONS
 from facecleaner.pruning.evaluate import kept_detection_metrics
 from facecleaner.pruning.rules import KEPT, decide
@@ -128,7 +129,7 @@ def test_streaming_in_small_batches_gives_the_same_files(scores_file, tmp_path, 
                        rng.random(n).astype(bool).tolist(),
                        status=["ok" if r > 0.1 else "unreadable: empty file" for r in rng.random(n)])
     api.prune(path, tmp_path / "whole.parquet", force=True, min_images=3)
-    monkeypatch.setattr(api, "ROW_GROUP_ROWS", 7)
+    monkeypatch.setattr(prune_job, "ROW_GROUP_ROWS", 7)
     api.prune(path, tmp_path / "batched.parquet", force=True, min_images=3)
     for suffix in ("", ".dropped", ".classes"):
         whole = pd.read_parquet(tmp_path / f"whole{suffix}.parquet")

@@ -30,9 +30,9 @@ FORMATS = ("rec", "folder", "csv", "lst")
 __all__ = ["FORMATS", "LABEL_COLUMNS", "LINKS", "export_manifest"]
 
 
-def export_manifest(manifest: str | Path, fmt: str, dest: str | Path, link: str = "hardlink",
+def export_manifest(manifest: str | Path, fmt: str, out: str | Path, link: str = "hardlink",
                     label_column: str = "new_label", progress: bool = True) -> dict[str, Any]:
-    """Export the clean manifest ``manifest`` as ``fmt`` to ``dest``; returns a JSON-ready summary.
+    """Export the clean manifest ``manifest`` as ``fmt`` to ``out``; returns a JSON-ready summary.
 
     ``label_column`` is ``new_label`` (contiguous 0..C-1, the default) or ``label`` (the original identity);
     ``link`` applies to ``folder`` only. Rows whose image is missing or unreadable are skipped and counted
@@ -51,15 +51,15 @@ def export_manifest(manifest: str | Path, fmt: str, dest: str | Path, link: str 
         if fmt == "rec":
             from facecleaner.exports.rec import export_rec
 
-            written = export_rec(inp, Path(dest), tally, progress)
+            written = export_rec(inp, Path(out), tally, progress)
         elif fmt == "folder":
             from facecleaner.exports.folder import export_folder
 
-            written = export_folder(inp, Path(dest), link, tally, progress)
+            written = export_folder(inp, Path(out), link, tally, progress)
         else:
             from facecleaner.exports.lists import export_list
 
-            written = export_list(inp, Path(dest), fmt, tally, progress)
+            written = export_list(inp, Path(out), fmt, tally, progress)
     finally:
         inp.close()
     summary = {"format": fmt, "manifest": str(manifest), "label_column": label_column, **tally.summary(), **written}
