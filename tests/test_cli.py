@@ -369,7 +369,25 @@ def test_demo_figures_agree_with_its_manifests(tmp_path: Path) -> None:
     strict_dropped = set(pd.read_parquet(out / "clean_strict.dropped.parquet")["sample_id"])
     assert paper_dropped <= strict_dropped  # the stricter rule drops everything the paper's does
     assert json.loads((out / "run" / "config.json").read_text())["train"]["lr"] == 0.05
-    assert_error(invoke("demo", "--out", out, "-q"), "already holds a demo run")
+    # The quick-start is rerunnable: a second demo into the same folder replaces the first, and only it.
+    (out / "notes.txt").write_text("mine")
+    first_mtime = (out / "run" / "model.pt").stat().st_mtime_ns
+    again = invoke("demo", "--out", out, "--identities", "5", "--images-per-identity", "10", "--epochs", "2",
+                   "--json")
+    assert_ok(again)
+    assert json.loads(again.stdout)["samples"] == 50 == len(pd.read_parquet(out / "clean.parquet")) + len(
+        pd.read_parquet(out / "clean.dropped.parquet"))
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "run" / "model.pt").stat().st_mtime_ns != first_mtime
+    assert "generating faces" not in again.stderr and "\r" not in again.stderr  # no bars off a terminal
+    assert not temp_files(out)
+
+
+def test_demo_refuses_a_folder_with_other_files_under_its_names(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "precious.txt").write_text("keep")
+    assert_error(invoke("demo", "--out", tmp_path, "-q"), "holds run and no earlier demo run")
+    assert (tmp_path / "run" / "precious.txt").read_text() == "keep"
 
 
 # --- train: bad input and run directories ----------------------------------------------------------------------

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from facecleaner.config import DEMO_EPOCHS, DEMO_IDENTITIES, DEMO_IMAGES_PER_IDENTITY, DEMO_LR, TrainConfig
 from facecleaner.errors import InputError
+from facecleaner.fileio import atomic_output
 from facecleaner.jobs.prune import prune
 from facecleaner.jobs.score import score
 from facecleaner.jobs.train import SUMMARY_FILE, train
 from facecleaner.progress import logger
+
+#: Marks a folder as a demo's, listing what the demo writes there; a later demo replaces exactly these.
+MARKER = ".facecleaner-demo.json"
+DATA, RUN, SCORES = "data", "run", "scores.parquet"
+RULE_FILES = {"paper": "clean.parquet", "drop_non_dominant": "clean_strict.parquet"}
+ENTRIES = (DATA, RUN, SCORES, "scores.classes.parquet", "clean.parquet", "clean.dropped.parquet",
+           "clean.classes.parquet", "clean_strict.parquet", "clean_strict.dropped.parquet",
+           "clean_strict.classes.parquet", SUMMARY_FILE)
 
 
 def demo(out: str | Path = "facecleaner-demo", identities: int = DEMO_IDENTITIES,
@@ -29,20 +39,19 @@ def demo(out: str | Path = "facecleaner-demo", identities: int = DEMO_IDENTITIES
     from facecleaner.sources.synthetic import generate_noisy_faces
 
     root = Path(out)
-    if (root / "run").exists():
-        raise InputError(f"{root} already holds a demo run", "remove it or give another --out")
+    _clear_earlier_demo(root)
     logger.info("generating %d identities × %d images with planted noise in %s", identities,
                 images_per_identity, root / "data")
-    manifest = generate_noisy_faces(root / "data", identities=identities, images_per_identity=images_per_identity,
+    manifest = generate_noisy_faces(root / DATA, identities=identities, images_per_identity=images_per_identity,
                                     image_size=image_size, seed=seed, progress=progress)
     config = TrainConfig(backbone="tiny", image_size=image_size, epochs=epochs, lr=lr, device="cpu", seed=seed)
-    trained = train(manifest, root / "run", config, progress=progress)
-    scored = score(root / "run", manifest, root / "scores.parquet", device="cpu", progress=progress)
+    trained = train(manifest, root / RUN, config, progress=progress)
+    scored = score(root / RUN, manifest, root / SCORES, device="cpu", progress=progress)
     truth = pd.read_parquet(manifest, columns=["is_noise"])["is_noise"].to_numpy()
     rules = {}
-    for name, strict in (("paper", False), ("drop_non_dominant", True)):
-        clean_path = root / ("clean_strict.parquet" if strict else "clean.parquet")
-        pruned = prune(root / "scores.parquet", clean_path, drop_non_dominant=strict, force=True)
+    for name, file_name in RULE_FILES.items():
+        clean_path = root / file_name
+        pruned = prune(root / SCORES, clean_path, drop_non_dominant=name == "drop_non_dominant", force=True)
         kept = pd.read_parquet(clean_path, columns=["sample_id"])["sample_id"].to_numpy()
         rules[name] = {**kept_detection_metrics(kept, truth), "clean": pruned["clean"],
                        "dropped_file": pruned["dropped"]}
@@ -50,5 +59,27 @@ def demo(out: str | Path = "facecleaner-demo", identities: int = DEMO_IDENTITIES
                "train": {key: trained[key] for key in ("final_accuracy", "final_mean_angle", "epochs",
                                                        "images_per_second", "separated")},
                "median_angle": scored["median_angle"], "rules": rules}
-    (root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_output(root / SUMMARY_FILE) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _clear_earlier_demo(root: Path) -> None:
+    """Make ``root`` ready for a demo: an earlier demo there (its marker says so) is removed, and only what it
+    wrote; a folder holding other files under the demo's names is refused rather than overwritten."""
+    if (root / MARKER).is_file():
+        for name in ENTRIES:
+            entry = root / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+        logger.info("replacing the earlier demo in %s", root)
+    else:
+        taken = [name for name in ENTRIES if (root / name).exists() or (root / name).is_symlink()]
+        if taken:
+            raise InputError(f"{root} holds {', '.join(taken)} and no earlier demo run (no {MARKER})",
+                             "give a new or empty --out folder for the demo")
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_output(root / MARKER) as tmp:  # first, so that an interrupted demo is replaced next time too
+        tmp.write_text(json.dumps({"entries": list(ENTRIES)}, indent=2) + "\n")

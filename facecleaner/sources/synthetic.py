@@ -13,9 +13,7 @@ outside the label set, each appearing a few times under random labels).
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from facecleaner.errors import InputError
+from facecleaner.fileio import atomic_output, publish, recover_outputs, temporary_beside
+from facecleaner.progress import progress_bar
 
 __all__ = ["NOISE_KINDS", "generate_noisy_faces", "render_identity_grid"]
 
@@ -513,16 +513,15 @@ def generate_noisy_faces(out_dir: Path, *, identities: int = 60, images_per_iden
     people += [_draw_identity(np.random.default_rng([seed, _STREAM_OUTSIDER, j])) for j in range(n_outsiders)]
     labels = [_label_name(i, identities) for i in range(identities)]
 
-    tmp = out_dir / f".images.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    recover_outputs([images_dir, manifest])
+    tmp = temporary_beside(images_dir, directory=True)
     rows: dict[str, list] = {"path": [], "label": [], "true_identity": [], "noise": [], "is_noise": []}
     width = max(6, len(str(len(shown) - 1)))
     try:
         # Writing a small file costs more than drawing it; threads overlap the writes (the GIL is released there)
         # with the drawing, and the bytes stay the same whatever the order.
-        with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(shown), desc="generating faces", unit="img",
-                                                            file=sys.stderr, disable=not progress) as bar:
+        with ThreadPoolExecutor(max_workers=4) as pool, progress_bar(len(shown), "generating faces",
+                                                                     progress) as bar:
             pending: list[Future] = []
             for index, (who, kind, hard) in enumerate(zip(shown, kinds, hardness, strict=True)):
                 label = labels[index // images_per_identity]
@@ -548,12 +547,11 @@ def generate_noisy_faces(out_dir: Path, *, identities: int = 60, images_per_iden
         manifest.unlink()  # from here until the new manifest lands, the folder is visibly incomplete
     if images_dir.exists():
         shutil.rmtree(images_dir)
-    tmp.rename(images_dir)
+    publish(tmp, images_dir)
     table = pa.table(rows, schema=_SCHEMA)
     table = table.sort_by("path")  # label-major file numbering already sorts; make it explicit
-    manifest_tmp = out_dir / f".manifest.tmp-{os.getpid()}.parquet"
-    pq.write_table(table, manifest_tmp)
-    os.replace(manifest_tmp, manifest)
+    with atomic_output(manifest) as manifest_tmp:
+        pq.write_table(table, manifest_tmp)
     return manifest
 
 
