@@ -183,14 +183,14 @@ def test_manifest_missing_label_names_the_row(tmp_path: Path, suffix: str) -> No
         path.write_text("path,label\na.png,alice\nb.png,\nc.png,bob\n")
     else:
         pq.write_table(pa.table({"path": ["a.png", "b.png", "c.png"], "label": ["alice", None, "bob"]}), path)
-    with pytest.raises(InputError, match="row 1"):
+    with pytest.raises(InputError, match="line 3" if suffix == "csv" else "row 2"):  # 1-based, header = line 1
         open_manifest(path)
 
 
 def test_manifest_nan_float_label_names_the_row(tmp_path: Path) -> None:
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table({"path": ["a.png", "b.png", "c.png"], "label": [1.0, 2.0, float("nan")]}), path)
-    with pytest.raises(InputError, match="row 2"):
+    with pytest.raises(InputError, match="row 3"):
         open_source(path)
 
 
@@ -199,7 +199,8 @@ def test_manifest_fractional_labels(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"m.{suffix}"
     frame = pd.DataFrame({"path": ["a.png", "b.png"], "label": [2.0, 1.5]})
     frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
-    with pytest.raises(InputError, match=r"fractional label in row 1 \(1\.5\)"):
+    where = "line 3" if suffix == "csv" else "row 2"
+    with pytest.raises(InputError, match=rf"fractional label on {where} \(1\.5\)"):
         open_source(path)
 
 

@@ -79,9 +79,16 @@ def _whole_float_labels(labels: pd.Series, path: Path) -> pd.Series:
     fractional = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) > 2.0 ** 53)
     if fractional.any():
         row = int(fractional.nonzero()[0][0])
-        raise InputError(f"manifest {path} has a fractional label in row {row} ({float(values[row])!r})",
+        raise InputError(f"manifest {path} has a fractional label on {row_position(path, row)} "
+                         f"({float(values[row])!r})",
                          "labels must be integers or strings")
     return pd.Series(values.astype(np.int64), index=labels.index).astype("Int64")
+
+
+def row_position(path: Path, row: int) -> str:
+    """Where data row ``row`` (0-based) is, as a person finds it: a CSV's file line (its header is line 1),
+    else the 1-based row."""
+    return f"line {row + 2}" if Path(path).suffix.lower() == ".csv" else f"row {row + 1}"
 
 
 def _displayable(name: str) -> str:
@@ -118,7 +125,7 @@ def open_manifest(path: Path) -> FileSource:
     labels = frame["label"]
     if labels.isna().any():
         bad = int(labels.isna().to_numpy().nonzero()[0][0])
-        raise InputError(f"manifest {path} has an empty label in row {bad} "
+        raise InputError(f"manifest {path} has an empty label on {row_position(path, bad)} "
                          f"({int(labels.isna().sum())} rows in all)",
                          "give every row a label, or remove the unlabelled rows")
     if pd.api.types.is_float_dtype(labels.dtype):
