@@ -448,6 +448,20 @@ def test_recordio_clean_to_folder_and_not_to_lists(rec_clean, tmp_path: Path) ->
         assert not (tmp_path / f"x.{fmt}").exists()
 
 
+@pytest.mark.parametrize("fmt", ["rec", "folder"])
+def test_a_cut_off_source_record_is_skipped_and_counted(rec_clean, tmp_path: Path, fmt: str) -> None:  # noqa: ANN001
+    clean, images, keys = rec_clean
+    rec = tmp_path / "src" / "train.rec"
+    offsets = {int(k): int(o) for k, o in (line.split("\t") for line in rec.with_suffix(".idx").read_text().split("\n")
+                                           if line)}
+    rec.write_bytes(rec.read_bytes()[:offsets[keys[-1]] + 40])  # the last image's header survives, not its bytes
+    summary = export_manifest(clean, fmt, tmp_path / "out", progress=False)
+    assert summary["written"] == len(keys) - 1 and summary["skipped_by_reason"] == {"unreadable": 1}
+    assert summary["skipped_examples"][0].startswith(f"record {keys[-1]}: ")
+    assert f"record key {keys[-1]} at offset {offsets[keys[-1]]}" in summary["skipped_examples"][0]
+    assert "truncated" in summary["skipped_examples"][0]
+
+
 def test_recordio_source_gone_is_an_input_error(rec_clean, tmp_path: Path) -> None:  # noqa: ANN001
     clean, _, _ = rec_clean
     (tmp_path / "src" / "train.rec").rename(tmp_path / "moved.rec")
