@@ -7,7 +7,11 @@ import hashlib
 import io
 import json
 import os
+import signal
 import struct
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from facecleaner import api
+from facecleaner import api, fileio
 from facecleaner.errors import InputError
 from facecleaner.exports import export_manifest
 from facecleaner.exports.names import FileNamer, label_folders, name_key, safe_component
@@ -68,15 +72,16 @@ def write_scores_manifest(path: Path, paths: list[str | None], labels: list, rec
 
 
 def files_clean(tmp_path: Path, labels: list, names: list[str] | None = None, pngs: tuple[int, ...] = (),
-                angles: list[float] | None = None, **meta) -> Path:
-    """Image files under tmp_path/data (row i: JPEG of seed i, or PNG when i in ``pngs``), scored, pruned."""
+                angles: list[float] | None = None, images: list[bytes] | None = None, **meta) -> Path:
+    """Image files under tmp_path/data (row i: ``images[i]``, else a JPEG of seed i, or a PNG when i in
+    ``pngs``), scored, pruned."""
     data = tmp_path / "data"
     paths = []
     for i, _ in enumerate(labels):
         name = names[i] if names else f"{i:03d}.{'png' if i in pngs else 'jpg'}"
         file = data / f"src{i % 2}" / name
         file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_bytes(png_bytes(i) if i in pngs else jpeg_bytes(i))
+        file.write_bytes(images[i] if images else png_bytes(i) if i in pngs else jpeg_bytes(i))
         paths.append(os.path.relpath(file, data))
     scores = write_scores_manifest(tmp_path / "scores.parquet", paths, labels, angles=angles, input_root=str(data),
                                    **meta)
@@ -95,7 +100,7 @@ LABELS = ["bob", "alice", "bob", "carol", "alice", "carol", "bob", "alice"]
 def clean(tmp_path: Path) -> Path:
     # row 5 is too far from its center and is dropped by prune; rows 3 and 6 are PNG files.
     angles = [10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 60.0, 70.0]
-    return files_clean(tmp_path, LABELS, pngs=(3, 6), angles=angles, model={"image_size": 96})
+    return files_clean(tmp_path, LABELS, pngs=(3, 6), angles=angles, model={"image_size": 16})
 
 
 def source_file(clean: Path, row: dict) -> Path:
@@ -146,10 +151,10 @@ def test_rec_round_trip_keeps_jpeg_bytes_and_new_labels(clean: Path, tmp_path: P
     assert len(rows) == 7 and {r["new_label"] for r in rows} == {0, 1, 2}
     summary = export_manifest(clean, "rec", tmp_path / "rec", progress=False)
     assert summary["written"] == 7 and summary["skipped"] == 0 and summary["classes"] == 3
-    assert summary["reencoded"] == 2 and summary["image_size"] == [96, 96]
+    assert summary["reencoded"] == 2 and summary["resized"] == 0 and summary["image_size"] == [16, 16]
     assert json.loads(json.dumps(summary)) == summary
     labels, images = check_insightface_layout(tmp_path / "rec")
-    assert (tmp_path / "rec" / "property").read_text() == "3,96,96\n"
+    assert (tmp_path / "rec" / "property").read_text() == "3,16,16\n"
     # Written sorted stably by new_label: the manifest order within each class.
     expected = sorted(rows, key=lambda r: r["new_label"])
     assert labels == [r["new_label"] for r in expected]
@@ -173,6 +178,38 @@ def test_rec_with_original_labels(tmp_path: Path) -> None:
     labels, _ = check_insightface_layout(tmp_path / "rec")
     assert labels == [3, 3, 7, 7, 12] and summary["num_classes"] == 13
     assert (tmp_path / "rec" / "property").read_text() == "13,112,112\n"
+
+
+def image_bytes(seed: int, width: int, height: int, fmt: str) -> bytes:
+    """A smooth picture (JPEG keeps it close, so decoded pixels can be compared with a reference)."""
+    y, x = np.mgrid[0:height, 0:width]
+    phase = np.random.default_rng(seed).uniform(0, 6, 3)
+    pixels = np.stack([127 + 100 * np.sin(x / 9 + phase[0]), 127 + 100 * np.cos(y / 11 + phase[1]),
+                       127 + 100 * np.sin((x + y) / 13 + phase[2])], axis=-1).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("meta", "size"), [({}, 112), ({"model": {"image_size": 40}}, 40)])
+def test_rec_stores_every_image_at_the_size_property_states(tmp_path: Path, meta: dict, size: int) -> None:
+    # ORL's 92×112 faces, a square of the wrong size, and images of the right size as JPEG and PNG.
+    shapes = [(size, size, "JPEG"), (92, 112, "JPEG"), (size, size, "PNG"), (92, 112, "PNG"), (30, 30, "JPEG")]
+    originals = [image_bytes(i, w, h, fmt) for i, (w, h, fmt) in enumerate(shapes)]
+    clean = files_clean(tmp_path, [0, 1, 2, 3, 4], images=originals, **meta)
+    summary = export_manifest(clean, "rec", tmp_path / "rec", progress=False)
+    assert summary["written"] == 5 and summary["reencoded"] == 4 and summary["resized"] == 3
+    assert (tmp_path / "rec" / "property").read_text() == f"5,{size},{size}\n"
+    labels, stored = check_insightface_layout(tmp_path / "rec")
+    assert labels == [0, 1, 2, 3, 4]
+    assert stored[0] == originals[0]  # a JPEG of the right size is copied byte for byte
+    for original, data in zip(originals[1:], stored[1:], strict=True):
+        image = Image.open(io.BytesIO(data))
+        assert image.format == "JPEG" and image.mode == "RGB" and image.size == (size, size)
+        expected = np.asarray(Image.open(io.BytesIO(original)).convert("RGB").resize((size, size),
+                                                                                      Image.Resampling.BILINEAR),
+                              dtype=np.float64)
+        assert np.abs(np.asarray(image, dtype=np.float64) - expected).mean() < 3  # JPEG's loss only
 
 
 def test_rec_refuses_text_labels_and_existing_files(clean: Path, tmp_path: Path) -> None:
@@ -335,6 +372,20 @@ def test_csv_and_lst_contents_are_exact(tmp_path: Path) -> None:
     assert not (tmp_path / "bad.lst").exists()
 
 
+@pytest.mark.parametrize("fmt", ["csv", "lst"])
+def test_lists_refuse_an_existing_file_as_rec_does(clean: Path, tmp_path: Path, fmt: str) -> None:
+    dest = tmp_path / f"out.{fmt}"
+    dest.write_text("precious")
+    dangling = tmp_path / f"dangling.{fmt}"
+    dangling.symlink_to(tmp_path / "nowhere")
+    siblings = sorted(p.name for p in tmp_path.iterdir())
+    for existing in (dest, dangling):
+        with pytest.raises(InputError, match=rf"--out {existing} already exists.*never overwrites"):
+            export_manifest(clean, fmt, existing, progress=False)
+    assert dest.read_text() == "precious" and not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == siblings
+
+
 def test_inputs_are_checked(clean: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="scores manifest, not a clean manifest"):
         export_manifest(tmp_path / "scores.parquet", "csv", tmp_path / "x.csv", progress=False)
@@ -360,7 +411,7 @@ def rec_clean(tmp_path: Path) -> tuple[Path, list[bytes], list[int]]:
         keys = [writer.write(label, image) for label, image in zip(labels, images, strict=True)]
     rec = tmp_path / "src" / "train.rec"
     scores = write_scores_manifest(tmp_path / "scores.parquet", [None] * len(labels), labels, rec_index=keys,
-                                   input_root=str(rec.resolve()))
+                                   input_root=str(rec.resolve()), model={"image_size": 16})
     api.prune(scores, tmp_path / "clean.parquet")
     return tmp_path / "clean.parquet", images, keys
 
@@ -397,12 +448,91 @@ def test_recordio_clean_to_folder_and_not_to_lists(rec_clean, tmp_path: Path) ->
         assert not (tmp_path / f"x.{fmt}").exists()
 
 
+@pytest.mark.parametrize("fmt", ["rec", "folder"])
+def test_a_cut_off_source_record_is_skipped_and_counted(rec_clean, tmp_path: Path, fmt: str) -> None:  # noqa: ANN001
+    clean, images, keys = rec_clean
+    rec = tmp_path / "src" / "train.rec"
+    offsets = {int(k): int(o) for k, o in (line.split("\t") for line in rec.with_suffix(".idx").read_text().split("\n")
+                                           if line)}
+    rec.write_bytes(rec.read_bytes()[:offsets[keys[-1]] + 40])  # the last image's header survives, not its bytes
+    summary = export_manifest(clean, fmt, tmp_path / "out", progress=False)
+    assert summary["written"] == len(keys) - 1 and summary["skipped_by_reason"] == {"unreadable": 1}
+    assert summary["skipped_examples"][0].startswith(f"record {keys[-1]}: ")
+    assert f"record key {keys[-1]} at offset {offsets[keys[-1]]}" in summary["skipped_examples"][0]
+    assert "truncated" in summary["skipped_examples"][0]
+
+
 def test_recordio_source_gone_is_an_input_error(rec_clean, tmp_path: Path) -> None:  # noqa: ANN001
     clean, _, _ = rec_clean
     (tmp_path / "src" / "train.rec").rename(tmp_path / "moved.rec")
     with pytest.raises(InputError, match="train.rec"):
         export_manifest(clean, "folder", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# --- crashes: a killed export is cleaned up by the next one, which then succeeds ---------------------------
+
+KILLED_EXPORT = textwrap.dedent("""
+    import os, signal, sys
+    from facecleaner.exports import export_manifest, resolve
+
+    manifest, fmt, out, kill_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    wrote = resolve.Tally.wrote
+
+    def wrote_then_die(self, label):
+        wrote(self, label)
+        if self.written == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    resolve.Tally.wrote = wrote_then_die
+    export_manifest(manifest, fmt, out, link="copy", progress=False)
+""")
+
+
+def run_export(clean: Path, fmt: str, out: Path, kill_after: int = 0, fault: str | None = None) -> int:
+    env = {**os.environ, "FACECLEANER_FAULT": fault or ""}
+    return subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(clean), fmt, str(out), str(kill_after)],
+                          env=env).returncode
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones included) by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("fmt", "out", "leftover"), [
+    ("rec", "rec", "rec/.train.rec.{tag}.*.tmp"),
+    ("folder", "out", ".out.{tag}.*.tmp"),
+    ("csv", "list.csv", ".list.csv.{tag}.*.tmp"),
+    ("lst", "list.lst", ".list.lst.{tag}.*.tmp"),
+])
+def test_an_export_killed_mid_write_leaves_its_temporaries_to_the_next_run(clean: Path, tmp_path: Path, fmt: str,
+                                                                          out: str, leftover: str) -> None:
+    export_manifest(clean, fmt, tmp_path / "reference" / out, link="copy", progress=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    assert run_export(clean, fmt, work / out, kill_after=3) == -signal.SIGKILL
+    tag = f"{fileio.owner_tag().rpartition('-')[0]}-*"
+    assert len(list(work.glob(leftover.format(tag=tag)))) == 1  # owner-tagged: host and the dead PID
+    assert not (work / out).is_file() and not (work / out / "property").exists()
+    summary = export_manifest(clean, fmt, work / out, link="copy", progress=False)  # the same command again
+    assert summary["written"] == 7
+    assert tree(work) == tree(tmp_path / "reference")  # the complete export and nothing else
+
+
+@pytest.mark.parametrize("fault", ["between renames", "journal written"])
+def test_a_rec_export_killed_while_publishing_is_rolled_back_by_the_next_run(clean: Path, tmp_path: Path,
+                                                                            fault: str) -> None:
+    export_manifest(clean, "rec", tmp_path / "reference" / "rec", progress=False)
+    work = tmp_path / "work"
+    assert run_export(clean, "rec", work / "rec", fault=fault) == 137
+    published = sorted(p.name for p in (work / "rec").iterdir() if not p.name.startswith("."))
+    assert published == (["train.rec"] if fault == "between renames" else [])
+    summary = export_manifest(clean, "rec", work / "rec", progress=False)
+    assert summary["written"] == 7
+    assert tree(work) == tree(tmp_path / "reference")
+    labels = open_recordio(work / "rec" / "train.rec").table()["label"].tolist()
+    assert labels == sorted(r["new_label"] for r in clean_rows(clean))
 
 
 # --- names ---------------------------------------------------------------------------------------------------

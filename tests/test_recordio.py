@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from facecleaner.errors import RecordIOError
+from facecleaner import fileio
+from facecleaner.errors import InputError, RecordIOError
 from facecleaner.sources.base import Source
 from facecleaner.sources.recordio import (
     RecordIOWriter,
@@ -279,12 +280,59 @@ def idx_of(rec: Path) -> dict[int, int]:
 
 
 @pytest.mark.usefixtures("no_hang")
+def test_cut_identity_records_leave_every_image_readable(valid: Path) -> None:
+    offsets = idx_of(valid)
+    images = [open_recordio(valid).read_bytes(i) for i in range(5)]
+    valid.write_bytes(valid.read_bytes()[:offsets[7]])  # keys 7 and 8 (identity ranges) cut off, 6 kept
+    source = open_recordio(valid)
+    assert source.table()["label"].tolist() == [0, 0, 1, 1, 2]
+    assert [source.read_bytes(i) for i in range(5)] == images
+    valid.write_bytes(valid.read_bytes()[:offsets[6]])  # every identity record gone: the images remain
+    source = open_recordio(valid)
+    assert source.table()["rec_index"].tolist() == [1, 2, 3, 4, 5]
+    assert [source.read_bytes(i) for i in range(5)] == images
+
+
+@pytest.mark.usefixtures("no_hang")
 def test_truncated_inside_last_image(valid: Path) -> None:
     offsets = idx_of(valid)
+    images = [open_recordio(valid).read_bytes(i) for i in range(4)]
     valid.write_bytes(valid.read_bytes()[:offsets[5] + 40])  # key 5's header survives, its image does not
-    # The identity records after the images are gone too: caught at open, naming the first lost key.
-    with pytest.raises(RecordIOError, match=rf"key 6 offset {offsets[6]}, past the end"):
-        open_recordio(valid)
+    source = open_recordio(valid)
+    assert source.table()["label"].tolist() == [0, 0, 1, 1, 2]
+    assert [source.read_bytes(i) for i in range(4)] == images
+    with pytest.raises(OSError, match=rf"record key 5 at offset {offsets[5]}: part at byte {offsets[5]} needs "
+                                      rf"\d+ bytes, the file ends after 32 \(truncated\)"):
+        source.read_bytes(4)
+
+
+@pytest.mark.usefixtures("no_hang")
+def test_split_record_cut_after_its_header_keeps_its_label(tmp_path: Path) -> None:
+    # The magic in the id field splits the header across two parts; the file ends inside the image's part.
+    payload = hand_payload(0, b"image-bytes" * 4, (11.0, 2.0), id_=MAGIC)
+    frames = [(1, hand_record(hand_payload(4.0, b"x", id_=1))),
+              (2, hand_record(payload[:8], 1) + hand_record(payload[12:], 3))]
+    rec = write_pair(tmp_path, frames)
+    rec.write_bytes(rec.read_bytes()[:-20])
+    source = open_recordio(rec)
+    assert source.table()["label"].tolist() == [4, 11]
+    with pytest.raises(OSError, match=r"record key 2 at offset \d+: part at byte \d+ needs \d+ bytes.*truncated"):
+        source.read_bytes(1)
+
+
+@pytest.mark.usefixtures("no_hang")
+@pytest.mark.parametrize("kept", [8, 20, 31])
+def test_truncated_inside_last_image_header(valid: Path, kept: int) -> None:
+    # The cut leaves key 5 without a whole header: its identity is lost, so the set is refused before any
+    # work, naming the key (like a manifest row without a label); reading the other images still works.
+    offsets = idx_of(valid)
+    valid.write_bytes(valid.read_bytes()[:offsets[5] + kept])
+    source = open_recordio(valid)
+    with pytest.raises(RecordIOError, match=rf"1 of the 5 images of {valid} have no readable label.*record key 5 "
+                                            rf"at offset {offsets[5]}: .*truncated") as info:
+        source.table()
+    assert "\n" not in str(info.value)
+    assert source.read_bytes(3)
 
 
 @pytest.mark.usefixtures("no_hang")
@@ -316,8 +364,9 @@ def test_garbled_magic(valid: Path) -> None:
     data[offsets[2]] ^= 0xFF
     valid.write_bytes(bytes(data))
     source = open_recordio(valid)
-    table = source.table()
-    assert pd.isna(table["label"][1]) and table["label"].notna().sum() == 4
+    with pytest.raises(RecordIOError, match=rf"1 of the 5 images .* no readable label.*key 2 at offset "
+                                            rf"{offsets[2]}: bad magic"):
+        source.table()
     with pytest.raises(OSError, match=rf"key 2 at offset {offsets[2]}: bad magic"):
         source.read_bytes(1)
     assert source.read_bytes(2)
@@ -443,8 +492,11 @@ def test_random_corruption_fails_cleanly(pristine: tuple[bytes, bytes], changes:
         except RecordIOError as exc:
             assert "\n" not in str(exc)
             return
-        table = source.table()
-        assert len(table) == len(source)
+        try:
+            table = source.table()
+            assert len(table) == len(source) and table["label"].notna().all()
+        except RecordIOError as exc:  # an image whose label cannot be read; its bytes are still tried below
+            assert "no readable label" in str(exc) and "\n" not in str(exc)
         for row in range(len(source)):
             try:
                 assert isinstance(source.read_bytes(row), bytes)
@@ -488,6 +540,20 @@ def test_writer_leaves_nothing_on_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no images"), RecordIOWriter(tmp_path):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_temporaries_are_owner_tagged_and_a_dataset_is_never_overwritten(tmp_path: Path) -> None:
+    with RecordIOWriter(tmp_path) as writer:
+        writer.write(0, b"abc")
+        temps = sorted(p.name for p in tmp_path.iterdir())
+        tag = fileio.owner_tag()
+        assert [name.split(f".{tag}.")[0] for name in temps] == [".property", ".train.idx", ".train.rec"]
+        assert all(name.endswith(".tmp") for name in temps)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["property", "train.idx", "train.rec"]
+    with pytest.raises(InputError, match=rf"{tmp_path} already holds train.rec, train.idx, property"):
+        RecordIOWriter(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_writer_rejects_bad_labels(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """``DEST/<label>/<file>``: identity folders, with image files hard-linked, symlinked or copied.
 
-Built in a hidden temporary folder beside DEST and renamed into place at the end, so DEST is either absent or
-complete. Labels and file names are untrusted and pass through :mod:`facecleaner.exports.names`; RecordIO
-rows are written out as ``<rec_index>.jpg`` (or the extension their bytes call for).
+Built in a hidden, owner-tagged temporary folder beside DEST (``.<dest>.<host>-<pid>.<hex>.tmp``) and renamed
+into place at the end, so DEST is either absent or complete; the tree a killed export left is removed by the
+next export to that DEST. Labels and file names are untrusted and pass through
+:mod:`facecleaner.exports.names`; RecordIO rows are written out as ``<rec_index>.jpg`` (or the extension their
+bytes call for).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 from facecleaner.errors import InputError
 from facecleaner.exports.names import FileNamer, label_folders
 from facecleaner.exports.resolve import ExportInput, Sample, Tally, skip_reason
+from facecleaner.fileio import publish, recover_outputs, temporary_beside
 from facecleaner.progress import progress_bar
 
 LINKS = ("hardlink", "symlink", "copy")
@@ -52,12 +54,12 @@ def export_folder(inp: ExportInput, dest: Path, link: str, tally: Tally, progres
     if link not in LINKS:
         raise InputError(f"--link {link!r} is not one of {', '.join(LINKS)}", "choose hardlink, symlink or copy")
     dest = Path(os.path.abspath(dest))
+    recover_outputs([dest])
     check_new_folder(dest)
     folders = label_folders(pc.unique(inp.labels).to_pylist())
     renamed = {label: name for label, name in folders.items()
                if not isinstance(label, int) and name != str(label)}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    build = temporary_beside(dest, directory=True)
     counts = {"hardlinked": 0, "symlinked": 0, "copied": 0, "hardlink_fell_back_to_copy": 0, "from_records": 0,
               "renamed_files": 0}
     namer = FileNamer()
@@ -134,11 +136,6 @@ def _copy(source: str, target: Path) -> None:
 
 
 def _publish_folder(build: Path, dest: Path) -> None:
-    """Give the build folder the umask's permissions (mkdtemp makes it private) and rename it to DEST."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(build, 0o777 & ~umask)
+    """Rename the build folder to DEST (which may only be an empty folder, as at the start)."""
     check_new_folder(dest)  # nobody filled it meanwhile
-    if dest.is_dir():
-        dest.rmdir()
-    os.rename(build, dest)
+    publish(build, dest)  # the umask's permissions (the build folder is private), then an atomic rename

@@ -1,7 +1,8 @@
 """Lists of absolute image paths: ``csv`` (``path,label``) and ``lst`` (mxnet im2rec's ``index\\tlabel\\tpath``).
 
 Only files can be listed: a manifest of RecordIO records is refused with a pointer to ``folder`` or ``rec``.
-Rows whose file is missing or unreadable are left out and counted; the list is written atomically.
+Rows whose file is missing or unreadable are left out and counted; the list is written atomically and, like
+every export, never replaces an existing file. The temporary a killed export left is removed by the next one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from facecleaner.errors import InputError
 from facecleaner.exports.resolve import ExportInput, Tally, integer_labels
-from facecleaner.fileio import atomic_output
+from facecleaner.fileio import atomic_output, recover_outputs
 from facecleaner.progress import progress_bar
 
 #: Characters a .lst line cannot hold inside a path (its fields are tab-separated, one record per line).
@@ -31,6 +32,8 @@ def export_list(inp: ExportInput, dest: Path, fmt: str, tally: Tally, progress: 
         raise InputError(f"--out {dest} is a folder", f"give the name of the .{fmt} file to write")
     if dest == Path(os.path.abspath(inp.manifest)):
         raise InputError(f"--out {dest} is the manifest being exported", f"give another name for the .{fmt} file")
+    recover_outputs([dest])
+    _refuse_existing(dest, fmt)
     labels = integer_labels(inp, "lst") if fmt == "lst" else None
     with atomic_output(dest) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -57,4 +60,12 @@ def export_list(inp: ExportInput, dest: Path, fmt: str, tally: Tally, progress: 
                 handle.write(f"{tally.written}\t{label}\t{path}\n")
                 tally.wrote(label)
         tally.require_some(inp.manifest)
+        _refuse_existing(dest, fmt)  # nobody created it meanwhile
     return {"dest": str(dest), "files": [str(dest)]}
+
+
+def _refuse_existing(dest: Path, fmt: str) -> None:
+    """InputError when ``dest`` exists (a dangling symlink included): an export never overwrites a file."""
+    if dest.exists() or dest.is_symlink():
+        raise InputError(f"--out {dest} already exists",
+                         f"give a new name for the .{fmt} file, or remove the old one; an export never overwrites")

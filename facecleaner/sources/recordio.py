@@ -17,7 +17,6 @@ import numbers
 import operator
 import os
 import struct
-import tempfile
 import threading
 from array import array
 from collections.abc import Sequence
@@ -27,8 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from facecleaner.errors import RecordIOError
-from facecleaner.fileio import publish
+from facecleaner.errors import InputError, RecordIOError
+from facecleaner.fileio import commit, recover_outputs, temporary_beside
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -43,6 +42,11 @@ FLOAT32_EXACT = 1 << 24
 _HEADER_RECORD_SIZE = _FRAME.size + _IR.size + 8
 #: Bytes read per record when collecting labels: frame + IRHeader + the first extra label.
 _PEEK = _FRAME.size + _IR.size + 4
+#: Labels past this do not fit int64 once truncated.
+_LARGEST_LABEL = 2.0**62
+
+#: The files of one RecordIO dataset, as insightface's arcface_torch reads them from its ``rec`` folder.
+REC_FILES = ("train.rec", "train.idx", "property")
 
 _IDX_FIX = "re-create train.idx from train.rec (mxnet's tools/rec2idx.py does that) or re-download the pair"
 _REC_FIX = "the .rec is damaged or does not belong to this .idx; re-download or re-export the pair"
@@ -147,13 +151,23 @@ class RecordIOSource:
         self._pid = None
 
     def table(self) -> pd.DataFrame:
-        """``path`` (null), ``rec_index`` (the key) and ``label`` (Int64; null where the header is unreadable)."""
+        """``path`` (null), ``rec_index`` (the key) and ``label`` (Int64).
+
+        An image whose label cannot be read (the file ends inside its header, a garbled header) has no
+        identity to train or score it under, just as a manifest row without a label: ``RecordIOError`` naming
+        the first such key. An image whose bytes alone are cut or damaged keeps its row (``read_bytes`` fails).
+        """
         if self._table is None:
+            labels, failures = self._read_labels()
+            if failures:
+                raise RecordIOError(f"{len(failures)} of the {len(self.keys)} images of {self.rec_path} have no "
+                                    f"readable label (identity); first: {failures[0]}",
+                                    "the .rec is damaged or cut short; re-download or re-export the pair")
             count = len(self.keys)
             self._table = pd.DataFrame({
                 "path": pd.array(np.full(count, None, dtype=object), dtype="string"),
                 "rec_index": pd.array(self.keys, dtype="Int64"),
-                "label": _labels_to_int(self._read_labels()),
+                "label": _labels_to_int(labels),
             })
         return self._table
 
@@ -182,10 +196,12 @@ class RecordIOSource:
             self._file.seek(offset)
             return self._file.read(size)
 
-    def _read_payload(self, key: int, offset: int) -> bytes:
-        """Reassemble one record's payload from its parts; every failure is an ``OSError`` naming key/offset."""
+    def _read_payload(self, key: int, offset: int, limit: int | None = None) -> bytes:
+        """Reassemble one record's payload from its parts, or only its first ``limit`` bytes (then a cut
+        further on does not matter); every failure is an ``OSError`` naming key/offset."""
         where = f"{self.rec_path}: record key {key} at offset {offset}"
         parts = []
+        collected = 0
         position = offset
         first = True
         while True:
@@ -198,38 +214,59 @@ class RecordIOSource:
             cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
             if cflag not in ((0, 1) if first else (2, 3)):
                 raise OSError(f"{where}: unexpected continuation flag {cflag} at byte {position}")
-            data = self._read_at(length, position + _FRAME.size)
-            if len(data) < length:
+            wanted = length if limit is None else min(length, limit - collected)
+            data = self._read_at(wanted, position + _FRAME.size)
+            if len(data) < wanted:
                 raise OSError(f"{where}: part at byte {position} needs {length} bytes, the file ends after "
                               f"{len(data)} (truncated)")
             parts.append(data)
             if cflag in (0, 3):
                 return b"".join(parts)
             parts.append(_MAGIC_BYTES)
+            collected += wanted + len(_MAGIC_BYTES)
+            if limit is not None and collected >= limit:
+                return b"".join(parts)[:limit]
             position += _FRAME.size + length + (-length % 4)
             first = False
 
-    def _read_labels(self) -> np.ndarray:
-        """Every image's label as float64 (NaN where unreadable), one pass in file order over header bytes."""
+    def _read_labels(self) -> tuple[np.ndarray, list[str]]:
+        """Every image's label as float64, one pass in file order over header bytes; and why the label of
+        each image that has none could not be read."""
         labels = np.full(len(self.keys), np.nan)
+        failures = []
         for row in np.argsort(self.offsets, kind="stable").tolist():
-            offset = int(self.offsets[row])
-            head = self._read_at(_PEEK, offset)
+            key, offset = int(self.keys[row]), int(self.offsets[row])
             try:
-                labels[row] = _peek_label(head)
-            except LookupError:  # split or short record: read it whole
+                labels[row] = _peek_label(self._read_at(_PEEK, offset))
+            except (LookupError, ValueError):  # split, short or damaged: walk its parts for the header alone
                 try:
-                    header, _ = unpack_record(self._read_payload(int(self.keys[row]), offset))
-                except (OSError, ValueError):
+                    labels[row] = self._label_from_parts(key, offset)
+                except OSError as exc:
+                    failures.append(str(exc).removeprefix(f"{self.rec_path}: "))
                     continue
-                labels[row] = header.label[0] if header.flag else header.label
-            except ValueError:
-                continue
-        return labels
+            if not (np.isfinite(labels[row]) and abs(labels[row]) < _LARGEST_LABEL):
+                failures.append(f"record key {key} at offset {offset} gives the label {labels[row]}")
+        return labels, failures
+
+    def _label_from_parts(self, key: int, offset: int) -> float:
+        """The first label of a record read part by part, up to its header; ``OSError`` naming the key."""
+        head = self._read_payload(key, offset, _IR.size)
+        if len(head) < _IR.size:
+            raise OSError(f"{self.rec_path}: record key {key} at offset {offset}: the record is {len(head)} "
+                          f"bytes, shorter than its {_IR.size}-byte header")
+        flag, label, _, _ = _IR.unpack_from(head)
+        if flag == 0:
+            return label
+        head = self._read_payload(key, offset, _IR.size + 4)
+        if len(head) < _IR.size + 4:
+            raise OSError(f"{self.rec_path}: record key {key} at offset {offset}: the header announces {flag} "
+                          "labels but the record ends before the first")
+        return struct.unpack_from("<f", head, _IR.size)[0]
 
 
 def _peek_label(head: bytes) -> float:
-    """A record's label from its first bytes; ``LookupError`` when the whole record is needed."""
+    """A record's label from its first bytes; ``LookupError`` when its parts must be walked, ``ValueError``
+    when the bytes are not a record's start."""
     if len(head) < _FRAME.size:
         raise ValueError("truncated")
     magic, lrecord = _FRAME.unpack_from(head)
@@ -249,10 +286,8 @@ def _peek_label(head: bytes) -> float:
 
 
 def _labels_to_int(values: np.ndarray) -> pd.arrays.IntegerArray:
-    """Float labels to Int64 the way trainers cast them (3.0 → 3, truncating); NaN/inf/huge become null."""
-    mask = ~np.isfinite(values) | (np.abs(values) >= 2.0**62)
-    ints = np.where(mask, 0.0, np.trunc(values)).astype(np.int64)
-    return pd.arrays.IntegerArray(ints, mask)
+    """Finite float labels to Int64 the way trainers cast them (3.0 → 3, truncating)."""
+    return pd.array(np.trunc(values).astype(np.int64), dtype="Int64")
 
 
 def open_recordio(rec_path: str | Path) -> RecordIOSource:
@@ -267,11 +302,6 @@ def open_recordio(rec_path: str | Path) -> RecordIOSource:
     if rec_size == 0:
         raise RecordIOError(f"RecordIO file {rec_path} is empty", _REC_FIX)
     keys, offsets = _parse_idx(idx_path)
-    bad = np.flatnonzero(offsets > rec_size - _FRAME.size)
-    if bad.size:
-        row = int(bad[0])
-        raise RecordIOError(f"{idx_path} gives key {int(keys[row])} offset {int(offsets[row])}, past the end of "
-                            f"{rec_path} ({rec_size} bytes; {bad.size} such keys)", _REC_FIX)
     order = np.argsort(keys, kind="stable")
     keys, offsets = keys[order], offsets[order]
     duplicated = np.flatnonzero(keys[1:] == keys[:-1])
@@ -279,6 +309,7 @@ def open_recordio(rec_path: str | Path) -> RecordIOSource:
         raise RecordIOError(f"{idx_path} lists key {int(keys[duplicated[0]])} more than once", _IDX_FIX)
     source = RecordIOSource(rec_path, idx_path, keys, offsets, None)
     if keys[0] != 0:
+        _check_image_offsets(source, keys, offsets, rec_size)
         return source
     try:
         header, _ = unpack_record(source._read_payload(0, int(offsets[0])))
@@ -287,6 +318,7 @@ def open_recordio(rec_path: str | Path) -> RecordIOSource:
     finally:
         source.close()
     if header.flag == 0:
+        _check_image_offsets(source, keys, offsets, rec_size)
         return source
     end = header.label[0]
     if not (np.isfinite(end) and end >= 1 and end == int(end)):
@@ -296,6 +328,8 @@ def open_recordio(rec_path: str | Path) -> RecordIOSource:
     if end == 1:
         raise RecordIOError(f"the header record (key 0) of {rec_path} says the dataset holds no images",
                             "give a RecordIO dataset with at least one image")
+    listed = (keys >= 1) & (keys < end)  # the identity records after the images may be cut off: never checked
+    _check_image_offsets(source, keys[listed], offsets[listed], rec_size)
     image_keys = np.arange(1, min(end, int(keys[-1]) + 1), dtype=np.int64)  # never more than the idx holds
     rows = np.searchsorted(keys, image_keys)
     missing = np.flatnonzero(keys[np.minimum(rows, len(keys) - 1)] != image_keys)
@@ -305,6 +339,18 @@ def open_recordio(rec_path: str | Path) -> RecordIOSource:
                             f"are keys 1..{end - 1}", _IDX_FIX)
     second = int(header.label[1]) if header.flag > 1 and np.isfinite(header.label[1]) else end
     return RecordIOSource(rec_path, idx_path, image_keys, offsets[rows], (end, second))
+
+
+def _check_image_offsets(source: RecordIOSource, keys: np.ndarray, offsets: np.ndarray, rec_size: int) -> None:
+    """RecordIOError when an image record starts past the end of the .rec: its label is lost with it.
+
+    One that starts inside the file but is cut short keeps its row (reading its image fails, naming its key).
+    """
+    bad = np.flatnonzero(offsets > rec_size - _FRAME.size)
+    if bad.size:
+        row = int(bad[0])
+        raise RecordIOError(f"{source.idx_path} gives image key {int(keys[row])} offset {int(offsets[row])}, past "
+                            f"the end of {source.rec_path} ({rec_size} bytes; {bad.size} such keys)", _REC_FIX)
 
 
 def _parse_idx(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -340,14 +386,19 @@ def _parse_idx(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 class RecordIOWriter:
-    """Write ``train.rec``/``train.idx``/``property`` in insightface's layout, atomically.
+    """Write ``train.rec``/``train.idx``/``property`` in insightface's layout, atomically, into a folder that
+    does not hold them yet.
 
     Images get keys 1..N in write order; the images of one identity must be written together. On a clean
     close, key 0 (written into space reserved at the start of the ``.rec``) gets ``(N+1, N+1+C)`` and keys
     N+1.. get each identity's ``(first key, last key + 1)``, in order of first appearance — what
-    arcface_torch's ``MXFaceDataset`` and mxnet's ``MXIndexedRecordIO`` read. Files are written under
-    temporary names in ``dest_dir`` and renamed only on success; an exception inside ``with`` deletes them.
-    ``property`` holds ``num_classes,height,width``; ``num_classes`` defaults to the largest label + 1.
+    arcface_torch's ``MXFaceDataset`` and mxnet's ``MXIndexedRecordIO`` read. ``property`` holds
+    ``num_classes,height,width``; ``num_classes`` defaults to the largest label + 1.
+
+    The three files are written under owner-tagged temporary names in ``dest_dir`` and published together by
+    a journaled commit that a crash rolls back; a new writer first recovers what a killed one left there
+    (:func:`facecleaner.fileio.recover_outputs`), so the same export run again simply succeeds. An exception
+    inside ``with`` deletes the temporaries.
     """
 
     def __init__(self, dest_dir: str | Path, image_size: tuple[int, int] = (112, 112),
@@ -355,11 +406,22 @@ class RecordIOWriter:
         self.dest_dir = Path(dest_dir)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.num_classes = num_classes
+        self.targets = [self.dest_dir / name for name in REC_FILES]
         self.dest_dir.mkdir(parents=True, exist_ok=True)
+        recover_outputs(self.targets)
+        present = [path.name for path in self.targets if path.exists() or path.is_symlink()]
+        if present:
+            raise InputError(f"{self.dest_dir} already holds {', '.join(present)}",
+                             "give a new or empty folder; an export never overwrites a dataset")
         self._temps: list[Path] = []
-        self._handles: list = []
-        self._rec = self._temp_file(".train.rec.")
-        self._rec.write(b"\0" * _HEADER_RECORD_SIZE)
+        self._rec = None
+        try:
+            self._temps.extend(temporary_beside(path) for path in self.targets)
+            self._rec = open(self._temps[0], "wb")  # noqa: SIM115 - held until close() or abort()
+            self._rec.write(b"\0" * _HEADER_RECORD_SIZE)
+        except BaseException:
+            self.abort()
+            raise
         self._position = _HEADER_RECORD_SIZE
         self._offsets = array("q")
         self._ranges: dict[int, list[int]] = {}
@@ -404,7 +466,7 @@ class RecordIOWriter:
         return key
 
     def close(self) -> None:
-        """Write the header and identity records, the index and ``property``; then rename into place."""
+        """Write the header and identity records, the index and ``property``; then publish all three."""
         if self._done:
             return
         try:
@@ -417,16 +479,10 @@ class RecordIOWriter:
     def abort(self) -> None:
         """Delete the temporary files; nothing is left in ``dest_dir``."""
         self._done = True
-        for handle in self._handles:
-            handle.close()
+        if self._rec is not None:
+            self._rec.close()
         for path in self._temps:
             path.unlink(missing_ok=True)
-
-    def _temp_file(self, prefix: str):  # noqa: ANN202 - a binary file object
-        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.dest_dir)
-        self._temps.append(Path(name))
-        self._handles.append(os.fdopen(handle, "wb"))
-        return self._handles[-1]
 
     def _finish(self) -> None:
         count = len(self._offsets)
@@ -449,21 +505,8 @@ class RecordIOWriter:
             raise AssertionError("the header record does not fit its reserved space")
         self._rec.seek(0)
         self._rec.write(header)
-        _sync_close(self._rec)
-        idx = self._temp_file(".train.idx.")
-        idx.write("".join(lines).encode("ascii"))
-        _sync_close(idx)
-        prop = self._temp_file(".property.")
-        prop.write(f"{num_classes},{self.image_size[0]},{self.image_size[1]}\n".encode("ascii"))
-        _sync_close(prop)
-        rec_temp, idx_temp, prop_temp = self._temps
-        publish(rec_temp, self.dest_dir / "train.rec")
-        publish(idx_temp, self.dest_dir / "train.idx")
-        publish(prop_temp, self.dest_dir / "property")
-
-
-def _sync_close(handle) -> None:  # noqa: ANN001 - a binary file object
-    """Flush to disk before the rename, so a crash never leaves a renamed but empty file."""
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
+        self._rec.close()
+        _, idx_temp, prop_temp = self._temps
+        idx_temp.write_bytes("".join(lines).encode("ascii"))
+        prop_temp.write_bytes(f"{num_classes},{self.image_size[0]},{self.image_size[1]}\n".encode("ascii"))
+        commit(list(zip(self._temps, self.targets, strict=True)), rollback=True)  # syncs each file first
