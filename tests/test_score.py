@@ -423,6 +423,31 @@ def test_a_folder_in_the_work_areas_place_is_never_removed(scene: Scene, tmp_pat
     assert (mine / "notes.txt").read_text() == "mine" and not out.exists()
 
 
+def test_a_work_area_a_live_run_is_using_is_left_alone(scene: Scene, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "s.parquet"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 7)
+        assert_interrupted(score_cli(scene, scene.manifest, out, "--batch-size", 3, "-q"), out)
+    stamp_path = work_area(out) / "stamp.json"
+    stamp = json.loads(stamp_path.read_text())
+    assert stamp["owner"] == fileio.owner_tag()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stamp_path.write_text(json.dumps({**stamp, "owner": f"{fileio.owner_tag().rpartition('-')[0]}-{other.pid}"}))
+        before = {p.name: sha256(p) for p in work_area(out).iterdir()}
+        for resume in ([], ["--resume"]):
+            assert_error(score_cli(scene, scene.manifest, out, "--batch-size", 3, *resume, "-q"),
+                         str(work_area(out)), f"still going (process {other.pid})")
+        assert {p.name: sha256(p) for p in work_area(out).iterdir()} == before
+    finally:
+        other.kill()
+        other.wait()
+    result = score_cli(scene, scene.manifest, out, "--batch-size", 3, "--resume", "--json", "-q")
+    assert_ok(result)  # its owner is gone: the work area is this run's to continue
+    assert json.loads(result.stdout)["resumed"] == 6 and not work_area(out).exists()
+
+
 # --- 8 and the group commit: leftovers of dead runs, outputs published together ------------------------------------
 
 def dead_pid() -> int:

@@ -106,9 +106,9 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
             writer.add(batch, measurements)
             _crash_point(done)
         writer.flush()
-    except KeyboardInterrupt:
-        logger.warning("interrupted: the measurements made so far are kept in %s; run the same command with "
-                       "--resume to continue", area.folder)
+    except BaseException as exc:  # Ctrl-C, a full disk, out of memory: what was measured is kept
+        logger.warning("%s: the measurements made so far are kept in %s; run the same command with --resume to "
+                       "continue", "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped", area.folder)
         raise
     world.barrier()
 

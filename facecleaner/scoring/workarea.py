@@ -7,8 +7,9 @@ own-class cosines, nearest other class, readable/reason, resized and, with ``--e
 it. The manifest is always made from these files, so a resumed run writes what an uninterrupted one writes.
 
 - ``stamp.json`` says what the measurements belong to (model, input, batch size, precision, device kind,
-  embeddings); ``--resume`` refuses a work area whose stamp differs. The folder is published with its stamp,
-  so it never exists without one.
+  embeddings); ``--resume`` refuses a work area whose stamp differs. It also names the process using it, so
+  that no run replaces the work area of one still going on this machine. The folder is published with its
+  stamp, so it never exists without one.
 - ``batches-<first>-<end>.npz`` holds the consecutive batches ``[first, end)`` of the one-process batch order,
   published atomically. Under torchrun every rank writes its own and rank 0 reads them all, so the folder of
   ``--out`` must be one that every rank sees.
@@ -27,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from facecleaner.errors import FaceCleanerError, InputError
-from facecleaner.fileio import atomic_output, publish, remove_dead_temporaries, temporary_beside
+from facecleaner.fileio import (
+    atomic_output,
+    owner_alive,
+    owner_tag,
+    publish,
+    remove_dead_temporaries,
+    temporary_beside,
+)
 from facecleaner.progress import logger
 from facecleaner.scoring.measure import MEASURED, BatchMeasurements, Measurements
 
@@ -64,10 +72,13 @@ class WorkArea:
 
     def start(self, stamp: dict[str, Any], resume: bool) -> None:
         """Make the work area ready for a run stamped ``stamp``: kept when resuming (if it is this run's),
-        replaced otherwise. A folder of that name that is not a work area is never touched."""
+        replaced otherwise. A folder of that name that is not a work area, or one a live process on this
+        machine is using, is never touched."""
         remove_dead_temporaries(self.folder)
         stamp = {"format": FORMAT, **stamp}
         found = self._stamp()
+        if found is not None:
+            self._refuse_live_owner(str(found.get("owner", "")))
         if resume and found is not None:
             differences = [f"{_STAMP_NAMES.get(key, key)} {_short(found.get(key))} there, {_short(value)} now"
                            for key, value in stamp.items() if found.get(key) != value]
@@ -79,6 +90,8 @@ class WorkArea:
                 temporary = _PART_TEMPORARY.fullmatch(entry.name)
                 if temporary:
                     remove_dead_temporaries(self.folder / temporary[1])
+            with atomic_output(self.folder / STAMP_FILE) as tmp:
+                tmp.write_text(_stamp_text(stamp), encoding="utf-8")
             return
         if found is not None:
             logger.info("starting over: removed the work area %s of an earlier run (--resume would continue it)",
@@ -87,8 +100,15 @@ class WorkArea:
         elif resume:
             logger.info("nothing to resume in %s: scoring from the start", self.folder)
         fresh = temporary_beside(self.folder, directory=True)
-        (fresh / STAMP_FILE).write_text(json.dumps(stamp, sort_keys=True), encoding="utf-8")
+        (fresh / STAMP_FILE).write_text(_stamp_text(stamp), encoding="utf-8")
         publish(fresh, self.folder)
+
+    def _refuse_live_owner(self, owner: str) -> None:
+        """Another score process on this machine that is still running owns the work area: leave it alone."""
+        mine = owner_tag()
+        if owner and owner != mine and owner.rpartition("-")[0] == mine.rpartition("-")[0] and owner_alive(owner):
+            raise InputError(f"the work area {self.folder} belongs to a score run that is still going (process "
+                             f"{owner.rpartition('-')[2]})", "wait for it to finish, or give another --out")
 
     def _stamp(self) -> dict[str, Any] | None:
         """The stamp of the folder, None when there is no folder; InputError when the folder is not ours."""
@@ -180,6 +200,11 @@ def _load(path: Path) -> np.lib.npyio.NpzFile:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path} is damaged ({exc})", "run the same command without --resume to start over") from exc
+
+
+def _stamp_text(stamp: dict[str, Any]) -> str:
+    """The stamp as written: with this process as the owner (not part of what must match)."""
+    return json.dumps({**stamp, "owner": owner_tag()}, sort_keys=True)
 
 
 def _short(value: object) -> str:
