@@ -8,6 +8,7 @@ against an independent computation) on 16×16 random-pixel images, so every test
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from facecleaner.errors import FaceCleanerError, InputError
 from facecleaner.model import checkpoint, prepare_images
 from facecleaner.model.checkpoint import ModelSpec, save_model
 from facecleaner.sources.dataset import DecodedImages
+from facecleaner.sources.recordio import RecordIOWriter
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["ann", "ben", "cat", "dan"]
@@ -151,6 +153,26 @@ def test_outputs_that_are_the_model_or_each_other_are_refused(scene: Scene, tmp_
                      "--embeddings", "and --out", "are the same file")
     assert {p: sha256(p) for p in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "ours.classes.parquet", "ours.parquet"]
+
+
+def test_outputs_that_are_a_recordio_input_are_refused(tmp_path: Path, no_decoding: None) -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone="tiny", embedding_size=16, image_size=16, subcenters=2, scale=16.0, margin=0.5,
+                     classes=[0, 1])
+    (tmp_path / "run").mkdir()
+    save_model(tmp_path / "run" / "model.pt", spec, *spec.build())
+    rec = tmp_path / "rec"
+    with RecordIOWriter(rec, (16, 16)) as writer:
+        for label in (0, 0, 1, 1):
+            image = io.BytesIO()
+            Image.fromarray(np.full((16, 16, 3), 60 * label + 10, dtype=np.uint8)).save(image, format="JPEG")
+            writer.write(label, image.getvalue())
+    before = {p.name: sha256(p) for p in rec.iterdir()}
+    for data in (rec, rec / "train.rec"):
+        for name, fragment in (("train.rec", "is the DATA"), ("train.idx", "is the DATA's index")):
+            assert_error(invoke("score", tmp_path / "run", data, "--out", rec / name, "--device", "cpu", "-q"),
+                         "--out", fragment)
+    assert {p.name: sha256(p) for p in rec.iterdir()} == before
 
 
 # --- 3: non-finite weights and embeddings --------------------------------------------------------------------------

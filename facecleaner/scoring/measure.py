@@ -45,11 +45,11 @@ class Measurements:
                    np.full((count, subcenters), np.nan, dtype=np.float32), np.full(count, -1, dtype=np.int32),
                    np.full(count, np.nan, dtype=np.float32), np.zeros(count, dtype=bool))
 
-    def fill(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Put one :class:`BatchMeasurements` (or its saved arrays) into its rows."""
-        rows = batch["rows"]
+    def fill(self, part: Mapping[str, np.ndarray]) -> None:
+        """Put the arrays of some batches (:meth:`BatchMeasurements.arrays`, as saved) into their rows."""
+        rows = part["rows"]
         for name in MEASURED:
-            getattr(self, name)[rows] = batch[name]
+            getattr(self, name)[rows] = part[name]
 
 
 #: The per-sample arrays a batch yields and the work area keeps, besides ``rows`` and the optional embeddings.
@@ -68,9 +68,6 @@ class BatchMeasurements:
     other_cosine: np.ndarray    # float32 (B,)
     resized: np.ndarray         # bool (B,)
     embeddings: np.ndarray | None  # float16 (B, D) unit embeddings, zeros where unreadable; None unless asked
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return getattr(self, name)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays to save (reasons as fixed-width text, so that loading never needs pickle)."""
@@ -149,14 +146,14 @@ def _measure(batch: BatchMeasurements, good: np.ndarray, embedded: torch.Tensor,
     own = own_class_cosines(unit, subcenters, y).cpu().numpy()
     best_class, best_cos = (t.cpu().numpy() for t in search_other(unit, y))
     keep = finite.cpu().numpy() & np.isfinite(own).all(axis=1) & ~np.isnan(best_cos)
-    rows, failed = good[keep], good[~keep]
-    batch.readable[rows] = True
+    measured, failed = good[keep], good[~keep]  # positions in the batch
+    batch.readable[measured] = True
     batch.reasons[failed] = NON_FINITE
-    batch.own_cosines[rows] = own[keep]
-    batch.other_class[rows] = best_class[keep]
-    batch.other_cosine[rows] = best_cos[keep]
+    batch.own_cosines[measured] = own[keep]
+    batch.other_class[measured] = best_class[keep]
+    batch.other_cosine[measured] = best_cos[keep]
     if batch.embeddings is not None:
-        batch.embeddings[rows] = unit.cpu().numpy()[keep].astype(np.float16)
+        batch.embeddings[measured] = unit.cpu().numpy()[keep].astype(np.float16)
 
 
 def summarize(measurements: Measurements, classes: np.ndarray, num_classes: int) -> Scores:

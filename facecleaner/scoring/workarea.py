@@ -80,18 +80,7 @@ class WorkArea:
         if found is not None:
             self._refuse_live_owner(str(found.get("owner", "")))
         if resume and found is not None:
-            differences = [f"{_STAMP_NAMES.get(key, key)} {_short(found.get(key))} there, {_short(value)} now"
-                           for key, value in stamp.items() if found.get(key) != value]
-            if differences:
-                raise InputError(f"the work area {self.folder} belongs to another run ({'; '.join(differences)})",
-                                 "rerun with the model, data and options it was started with, or without "
-                                 "--resume to start over")
-            for entry in self.folder.iterdir():
-                temporary = _PART_TEMPORARY.fullmatch(entry.name)
-                if temporary:
-                    remove_dead_temporaries(self.folder / temporary[1])
-            with atomic_output(self.folder / STAMP_FILE) as tmp:
-                tmp.write_text(_stamp_text(stamp), encoding="utf-8")
+            self._continue(found, stamp)
             return
         if found is not None:
             logger.info("starting over: removed the work area %s of an earlier run (--resume would continue it)",
@@ -102,6 +91,21 @@ class WorkArea:
         fresh = temporary_beside(self.folder, directory=True)
         (fresh / STAMP_FILE).write_text(_stamp_text(stamp), encoding="utf-8")
         publish(fresh, self.folder)
+
+    def _continue(self, found: dict[str, Any], stamp: dict[str, Any]) -> None:
+        """Take over the work area of an earlier run if it was stamped ``stamp``; refuse a foreign one."""
+        differences = [f"{_STAMP_NAMES.get(key, key)} {_short(found.get(key))} there, {_short(value)} now"
+                       for key, value in stamp.items() if found.get(key) != value]
+        if differences:
+            raise InputError(f"the work area {self.folder} belongs to another run ({'; '.join(differences)})",
+                             "rerun with the model, data and options it was started with, or without --resume "
+                             "to start over")
+        for entry in self.folder.iterdir():
+            temporary = _PART_TEMPORARY.fullmatch(entry.name)
+            if temporary:
+                remove_dead_temporaries(self.folder / temporary[1])
+        with atomic_output(self.folder / STAMP_FILE) as tmp:
+            tmp.write_text(_stamp_text(stamp), encoding="utf-8")
 
     def _refuse_live_owner(self, owner: str) -> None:
         """Another score process on this machine that is still running owns the work area: leave it alone."""
