@@ -175,6 +175,16 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
     ])  # a convergence warning goes to stderr as a log line (shown even with -q), and into --json
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses NaN, which compares false with both bounds and so passes FloatRange."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:  # NaN
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        return number
+
+
 @main.command()
 @click.argument("run_dir", type=PATH)
 @click.argument("data", type=PATH)
@@ -184,15 +194,19 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
 @precision_option
 @workers_option
 @click.option("--embeddings", type=PATH, default=None, help="Also save the unit embeddings (float16 .npy).")
-@bad_option
+@click.option("--max-bad-fraction", type=FiniteFloatRange(0, 1), default=0.01, show_default=True,
+              help="Abort when more than this share of images is unreadable (or gives a non-finite embedding).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from the measurements it kept in OUT.resume/ (same options).")
 @quiet_option
 @json_option
 def score(run_dir: Path, data: Path, out: Path, batch_size: int, device: str, precision: str, workers: int | None,
-          embeddings: Path | None, max_bad_fraction: float, quiet: bool, as_json: bool) -> None:
+          embeddings: Path | None, max_bad_fraction: float, resume: bool, quiet: bool, as_json: bool) -> None:
     """Measure every sample's angle to its class's dominant sub-center.
 
     Writes one row per input sample (unreadable ones with their status) and OUT's
-    .classes.parquet beside it.
+    .classes.parquet beside it. Measurements are kept in OUT.resume/ as they are made: after a
+    crash, the same command with --resume measures only what is missing.
 
     \b
     Example:
@@ -203,7 +217,7 @@ def score(run_dir: Path, data: Path, out: Path, batch_size: int, device: str, pr
     _setup_logging(quiet)
     summary = _run(api.score)(run_dir, data, out, batch_size=batch_size, device=device, precision=precision,
                               workers=workers, embeddings=embeddings, max_bad_fraction=max_bad_fraction,
-                              progress=not quiet)
+                              progress=not quiet, resume=resume)
     _emit(summary, as_json, [
         f"scores: {summary['scores']}",
         f"{summary['samples']} samples ({summary['unreadable']} unreadable, {summary['resized']} resized), "

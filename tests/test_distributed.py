@@ -159,8 +159,33 @@ WORKER = textwrap.dedent('''
         tiny = dict(backbone="tiny", image_size=16, embedding_size=16, batch_size=8, device="cpu", seed=1)
         tmp = Path(tmp)
         api.train(data, tmp / "run2", TrainConfig(epochs=1, **tiny), progress=False)
-        api.score(tmp / "run2", data, tmp / "scores2.parquet", batch_size=10, device="cpu",
-                  embeddings=tmp / "emb2.npy", progress=False)
+
+        # Score interrupted on both ranks after their first batch (each rank keeps its own part), then resumed on
+        # 2 ranks: the test compares the result with one process's uninterrupted run.
+        import pytest
+        from facecleaner.sources.dataset import DecodedImages
+
+        real_getitem = DecodedImages.__getitem__
+        decoded = []
+
+        def interrupted(self, index):
+            decoded.append(index)
+            if len(decoded) > 10:
+                raise KeyboardInterrupt
+            return real_getitem(self, index)
+
+        DecodedImages.__getitem__ = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            api.score(tmp / "run2", data, tmp / "scores2.parquet", batch_size=10, device="cpu",
+                      embeddings=tmp / "emb2.npy", progress=False)
+        DecodedImages.__getitem__ = real_getitem
+        dist.barrier()
+        parts = sorted(p.name for p in (tmp / "scores2.parquet.resume").glob("batches-*"))
+        assert parts == ["batches-000000000-000000001.npz", "batches-000000003-000000004.npz"], parts
+        dist.barrier()  # every rank has looked before the resumed run removes the work area
+        resumed = api.score(tmp / "run2", data, tmp / "scores2.parquet", batch_size=10, device="cpu",
+                            embeddings=tmp / "emb2.npy", progress=False, resume=True)
+        assert resumed["resumed"] == 20 and resumed["world_size"] == 2, resumed
         api.train(data, tmp / "run1", TrainConfig(epochs=2, **tiny), resume=True, progress=False)
 
         # SIGTERM reaching one rank mid-epoch: every rank stops at the same step, the checkpoint is written,
@@ -244,7 +269,8 @@ def test_two_rank_train_score_and_resume_across_worlds(tmp_path: Path) -> None:
     api.train(data, tmp_path / "run1", TrainConfig(epochs=1, **TINY), progress=False)  # resumed on 2 ranks
     _torchrun(tmp_path, "pipeline", str(data), str(tmp_path))
 
-    # 2-rank score == 1-process score of the same model.pt, row for row (and the embeddings file).
+    # 2-rank score (interrupted, then resumed on 2 ranks) == 1-process score of the same model.pt, row for row
+    # (and the embeddings file).
     api.score(tmp_path / "run2", data, tmp_path / "scores1.parquet", batch_size=10, device="cpu",
               embeddings=tmp_path / "emb1.npy", progress=False)
     for name in ("scores", "scores.classes"):

@@ -1,49 +1,69 @@
-"""The score job: embed every sample, vote the dominant sub-centers, write the scores manifest."""
+"""The score job: embed every sample, vote the dominant sub-centers, write the scores manifest.
+
+Each batch's measurements go to a work area beside ``--out`` as they are made (:mod:`facecleaner.scoring.workarea`),
+so a killed run continues with ``--resume``; the manifest, its classes file and the embeddings are made from the
+work area at the end and published together. Under torchrun each rank measures a share of the batches left and
+rank 0 writes the outputs from every rank's parts, the same as one process.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
+import os
+import signal
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import torch
 
-from facecleaner.errors import FaceCleanerError, InputError, TooManyBadSamples
-from facecleaner.fileio import atomic_output
+from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, TooManyBadSamples
+from facecleaner.fileio import atomic_outputs, check_distinct, recover_outputs
 from facecleaner.jobs.prune import DEFAULT_ANGLE
-from facecleaner.manifests.io import manifest_metadata, sibling, write_manifest
+from facecleaner.manifests.io import manifest_metadata, read_metadata, sibling, write_manifest
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, source_root, table_fingerprint
 from facecleaner.sources.labels import lookup_labels
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from facecleaner.distributed import Dist
+    from facecleaner.model.checkpoint import LoadedModel
+    from facecleaner.scoring.workarea import WorkArea
+    from facecleaner.sources import Source
+
+#: How many unreadable samples the --max-bad-fraction error names.
+NAMED_BAD_SAMPLES = 5
+
+T = TypeVar("T")
+
 
 def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 256, device: str = "auto",
           precision: str = "auto", workers: int | None = None, embeddings: str | Path | None = None,
-          max_bad_fraction: float = 0.01, progress: bool = True) -> dict[str, Any]:
+          max_bad_fraction: float = 0.01, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Write the scores manifest of ``data`` under the model in ``run_dir``; returns the summary.
 
-    Under torchrun each rank embeds a contiguous share of the samples; rank 0 gathers the measurements,
-    votes the dominant sub-centers over all of them and writes the one manifest, the same as one process.
+    With ``resume``, the measurements a killed or interrupted run kept beside ``out`` are used and only the rest
+    is measured; without it, such leftovers are discarded.
     """
     from facecleaner import distributed
     from facecleaner.config import default_workers
-    from facecleaner.manifests.classes import classes_table
     from facecleaner.model.checkpoint import load_model
     from facecleaner.model.runtime import resolve_device, resolve_precision
-    from facecleaner.scoring.measure import (
-        measure,
-        merge_measurements,
-        scores_table,
-        share_of_batches,
-        summarize,
-        take_rows,
-    )
+    from facecleaner.scoring.measure import batch_rows, measure_batches
+    from facecleaner.scoring.workarea import WorkArea, batches_per_part
     from facecleaner.sources.dataset import DecodedImages
 
-    if batch_size < 1:
-        raise InputError("--batch-size must be at least 1", "give a positive batch size")
-    model = load_model(Path(run_dir))
+    run_dir, data, out = Path(run_dir), Path(data), Path(out)
+    embeddings = Path(embeddings) if embeddings is not None else None
+    _check_options(batch_size, workers, max_bad_fraction, embeddings)
+    outputs = {"--out": out, "--out (its classes file)": sibling(out, "classes"), "--embeddings": embeddings}
+    check_distinct(_inputs(run_dir, data), outputs)
+    model = load_model(run_dir)
+    _check_finite_weights(model, run_dir)
     source = open_source(data)
     table = source.table()
     spec = model.spec
@@ -55,99 +75,185 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
                          "score the dataset the model was trained on, or train on this one first")
     torch_device = resolve_device(device)
     chosen_precision = resolve_precision(precision, torch_device)
-    out = Path(out)
-    if embeddings is not None and Path(embeddings).suffix != ".npy":
-        raise InputError(f"--embeddings {embeddings} must end in .npy", "embeddings are saved as a float16 .npy array")
     world = distributed.init(torch_device)
     torch_device = world.device(torch_device)
-    with contextlib.ExitStack() as stack:
-        embeddings_file = (stack.enter_context(atomic_output(embeddings))
-                           if embeddings is not None and world.is_main else None)
-        embeddings_store = _embeddings_memmap(embeddings_file, len(table), spec.embedding_size)
-        share = share_of_batches(len(table), batch_size, world.world, world.rank) if world.enabled else None
-        collected = _CollectedRows() if world.enabled and embeddings is not None else None
-        raw = measure(model.backbone, model.head, DecodedImages(source, spec.image_size), class_index, torch_device,
-                      chosen_precision, batch_size, default_workers(torch_device) if workers is None else workers,
-                      progress and world.is_main, collected if world.enabled else embeddings_store, batches=share)
-        if world.enabled:
-            rows = np.array([i for batch in share for i in batch], dtype=np.int64)
-            part = take_rows(raw, rows)
-            part["embeddings"] = collected.parts if collected is not None else []
-            parts = world.gather_objects(part)
-            if world.is_main:
-                raw = merge_measurements(parts, len(table), spec.subcenters)
-                for gathered in parts:
-                    for index, values in gathered["embeddings"]:
-                        embeddings_store[index] = values
-        unreadable = world.broadcast_object(int((~raw.readable).sum()) if world.is_main else None)
-        if unreadable > max_bad_fraction * len(table):
-            raise TooManyBadSamples(f"{unreadable} of {len(table)} samples are unreadable "
-                                    f"(more than --max-bad-fraction {max_bad_fraction})",
-                                    "fix or remove the broken files, or raise --max-bad-fraction")
-        if not world.is_main:
-            stack.close()
-            return _follow_rank0(world)
+    count = len(table)
+    area = WorkArea(out)
+    stamp = {"checkpoint_sha256": model.sha256, "input_fingerprint": table_fingerprint(table), "rows": count,
+             "batch_size": batch_size, "precision": chosen_precision, "device": torch_device.type,
+             "embeddings": "kept" if embeddings is not None else "none"}
+
+    def start() -> list[int]:
+        for done in recover_outputs([p for p in outputs.values() if p is not None]):
+            logger.info("finished the interrupted publication of an earlier run: %s", done)
+        area.start(stamp, resume)
+        return area.finished_batches()
+
+    finished = _on_rank0(world, start)
+    resumed = sum(len(batch_rows(b, batch_size, count)) for b in finished)
+    if finished and world.is_main:
+        logger.info("resuming from %s: %d of %d samples already measured", area.folder, resumed, count)
+    remaining = sorted(set(range(math.ceil(count / batch_size))) - set(finished))
+    first, end = distributed.shard_range(len(remaining), world.world, world.rank)
+    mine = remaining[first:end]
+    writer = area.writer(batches_per_part(batch_size, len(mine)))
+    try:
+        measured = measure_batches(model.backbone, model.head, DecodedImages(source, spec.image_size), class_index,
+                                   torch_device, chosen_precision, [batch_rows(b, batch_size, count) for b in mine],
+                                   default_workers(torch_device) if workers is None else workers,
+                                   embeddings is not None, progress and world.is_main)
+        for done, (batch, measurements) in enumerate(zip(mine, measured, strict=True), start=1):
+            writer.add(batch, measurements)
+            _crash_point(done)
+        writer.flush()
+    except BaseException as exc:  # Ctrl-C, a full disk, out of memory: what was measured is kept
+        logger.warning("%s: the measurements made so far are kept in %s; run the same command with --resume to "
+                       "continue", "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped", area.folder)
+        raise
+    world.barrier()
+
+    def finish() -> dict[str, Any]:
         try:
-            scores = summarize(raw, class_index, len(spec.classes))
-            manifest = scores_table(table, class_index, scores)
-            meta = manifest_metadata(
-                "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
-                                 "scale": spec.scale, "embedding_size": spec.embedding_size,
-                                 "image_size": spec.image_size},
-                num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
-                input_fingerprint=table_fingerprint(table), input_root=source_root(source))
-            write_manifest(out, manifest, meta)
-            write_manifest(sibling(out, "classes"),
-                           classes_table(class_index, manifest["label"], raw.readable,
-                                         scores.nearest, scores.dominant[class_index], spec.subcenters),
-                           meta | {"kind": "classes"})
-            if embeddings_store is not None:
-                embeddings_store.flush()
-        except BaseException as exc:
-            world.broadcast_object({"error": str(exc)})
+            summary = _write_outputs(area, model, source, table, class_index, out, embeddings, max_bad_fraction)
+        except TooManyBadSamples:
+            area.remove()  # the same files give the same count again: nothing worth resuming
             raise
+        area.remove()
+        return {**summary, "resumed": resumed, "device": str(torch_device), "precision": chosen_precision,
+                **({"world_size": world.world} if world.enabled else {})}
+
+    return _on_rank0(world, finish)
+
+
+def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd.DataFrame, class_index: np.ndarray,
+                   out: Path, embeddings: Path | None, max_bad_fraction: float) -> dict[str, Any]:
+    """Rank 0's end of the run: every sample's measurements → the vote, the angles, and the three outputs."""
+    from facecleaner.manifests.classes import classes_table
+    from facecleaner.scoring.measure import NON_FINITE, scores_table, summarize
+
+    spec = model.spec
+    count = len(table)
+    raw = area.read(count, spec.subcenters)
+    unreadable = int((~raw.readable).sum())
+    if unreadable > max_bad_fraction * count:
+        raise TooManyBadSamples(f"{unreadable} of {count} samples are unreadable (more than --max-bad-fraction "
+                                f"{max_bad_fraction}): {_name_bad_samples(table, raw.reasons, raw.readable)}",
+                                "fix or remove the broken files, or raise --max-bad-fraction")
+    scores = summarize(raw, class_index, len(spec.classes))
     angles = scores.angle[raw.readable]
+    median = float(np.median(angles)) if len(angles) else math.nan
+    if not math.isfinite(median):
+        raise TooManyBadSamples(f"none of the {count} samples gave a finite angle (each is unreadable or has a "
+                                "non-finite embedding), so there is no median angle and nothing to prune by",
+                                "check the images and the model (with --precision fp16/bf16, try fp32)")
+    manifest = scores_table(table, class_index, scores)
+    classes = classes_table(class_index, manifest["label"], raw.readable, scores.nearest,
+                            scores.dominant[class_index], spec.subcenters)
+    meta = manifest_metadata(
+        "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
+                         "scale": spec.scale, "embedding_size": spec.embedding_size, "image_size": spec.image_size},
+        num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
+        input_fingerprint=table_fingerprint(table), input_root=source_root(source), run_id=uuid.uuid4().hex)
+    paths = [out, sibling(out, "classes")] + ([embeddings] if embeddings is not None else [])
+    with atomic_outputs(paths) as temps:
+        write_manifest(temps[0], manifest, meta | {"rows": manifest.num_rows}, atomic=False)
+        write_manifest(temps[1], classes, meta | {"kind": "classes", "rows": classes.num_rows}, atomic=False)
+        if embeddings is not None:
+            area.write_embeddings(temps[2], count, spec.embedding_size)
     duplicates = int(table["path"].dropna().duplicated().sum())
     if duplicates:
         logger.warning("%d rows repeat a path already listed: each is scored as its own sample", duplicates)
-    summary = {
-        "scores": str(out), "samples": len(table), "classes": len(spec.classes), "unreadable": unreadable,
-        "resized": int(raw.resized.sum()),
-        "duplicate_paths": duplicates,
-        "median_angle": float(np.median(angles)) if len(angles) else math.nan,
-        "over_75": int((angles > DEFAULT_ANGLE).sum()),
-        "non_dominant": int((scores.nearest[raw.readable] != scores.dominant[class_index][raw.readable]).sum()),
-        "device": str(torch_device), "precision": chosen_precision,
-    }
-    if world.enabled:
-        summary["world_size"] = world.world
-    if len(angles) and summary["median_angle"] > DEFAULT_ANGLE:
+    non_finite = int((np.asarray(raw.reasons) == NON_FINITE).sum())
+    if non_finite:
+        logger.warning("%d samples gave a non-finite embedding and are recorded as unreadable (with --precision "
+                       "fp16/bf16 an overflow does this: try fp32)", non_finite)
+    if median > DEFAULT_ANGLE:
         logger.warning("median angle %.0f° is over %.0f°: the model has not separated the classes, and pruning "
                        "at %.0f° would drop most samples; retrain (see `facecleaner train --help`)",
-                       summary["median_angle"], DEFAULT_ANGLE, DEFAULT_ANGLE)
-    return world.broadcast_object(summary)
+                       median, DEFAULT_ANGLE, DEFAULT_ANGLE)
+    return {
+        "scores": str(out), "samples": count, "classes": len(spec.classes), "unreadable": unreadable,
+        "non_finite": non_finite, "resized": int(raw.resized.sum()), "duplicate_paths": duplicates,
+        "median_angle": median, "over_75": int((angles > DEFAULT_ANGLE).sum()),
+        "non_dominant": int((scores.nearest[raw.readable] != scores.dominant[class_index][raw.readable]).sum()),
+    }
 
 
-class _CollectedRows:
-    """Stands in for the embeddings memmap on ranks other than 0: keeps (rows, values) to send to rank 0."""
-
-    def __init__(self) -> None:
-        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def __setitem__(self, rows: np.ndarray, values: np.ndarray) -> None:
-        self.parts.append((np.asarray(rows), values))
-
-
-def _follow_rank0(world: Any) -> dict[str, Any]:
-    """A non-zero rank's result: rank 0's summary, or rank 0's failure raised here too."""
-    result = world.broadcast_object(None)
-    if "error" in result:
-        raise FaceCleanerError(f"rank 0 failed: {result['error']}", "see rank 0's error above")
-    return result
+def _check_options(batch_size: int, workers: int | None, max_bad_fraction: float, embeddings: Path | None) -> None:
+    """The API's own check of what the CLI's option types check (a NaN fraction fails the comparison too)."""
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size} must be at least 1", "give a positive batch size")
+    if workers is not None and workers < 0:
+        raise InputError(f"--workers {workers} must be 0 or more", "give 0 to decode in the main process")
+    if not 0 <= max_bad_fraction <= 1:
+        raise InputError(f"--max-bad-fraction {max_bad_fraction} must be between 0 and 1",
+                         "give the share of unreadable samples to tolerate, e.g. 0.01")
+    if embeddings is not None and embeddings.suffix != ".npy":
+        raise InputError(f"--embeddings {embeddings} must end in .npy", "embeddings are saved as a float16 .npy array")
 
 
-def _embeddings_memmap(path: Path | None, rows: int, dim: int) -> np.memmap | None:
-    """A float16 (rows, dim) .npy memmap at ``path`` (the temporary name of --embeddings), or None."""
-    if path is None:
-        return None
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, dim))
+def _inputs(run_dir: Path, data: Path) -> dict[str, Path]:
+    """What score reads: the model, DATA, a RecordIO's index, and the classes file beside one of our manifests."""
+    from facecleaner.model.checkpoint import MODEL_FILE
+
+    inputs = {"model": run_dir / MODEL_FILE if run_dir.is_dir() else run_dir, "DATA": data}
+    rec = data / "train.rec" if data.is_dir() else data
+    if rec.suffix.lower() == ".rec" and rec.is_file():
+        inputs["DATA's RecordIO"] = rec
+        inputs["DATA's index"] = rec.with_suffix(".idx")
+    elif data.suffix.lower() == ".parquet":
+        try:
+            read_metadata(data)
+            inputs["DATA's classes file"] = sibling(data, "classes")
+        except InputError:
+            pass  # not one of our manifests: it has no classes file of ours
+    return inputs
+
+
+def _check_finite_weights(model: LoadedModel, run_dir: Path) -> None:
+    """Refuse a model with NaN or infinite weights (a diverged training): every angle would be NaN."""
+    tensors = {**{f"backbone.{k}": v for k, v in model.backbone.state_dict().items()},
+               "head.weight": model.head.weight.detach()}
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in tensors.items()
+           if t.is_floating_point() and not torch.isfinite(t).all()}
+    if bad:
+        raise CheckpointError(f"the model in {run_dir} has {sum(bad.values())} non-finite weights "
+                              f"(in {', '.join(list(bad)[:3])}{', …' if len(bad) > 3 else ''})",
+                              "its training diverged: retrain (a lower --lr, or --precision fp32), or score an "
+                              "earlier model")
+
+
+def _name_bad_samples(table: pd.DataFrame, reasons: np.ndarray, readable: np.ndarray) -> str:
+    """The first few unreadable samples, in input order, as ``path (reason)`` (``record N`` for RecordIO)."""
+    rows = np.flatnonzero(~readable)
+    named = []
+    for row in rows[:NAMED_BAD_SAMPLES].tolist():
+        path = table["path"].iloc[row]
+        where = path if isinstance(path, str) else f"record {table['rec_index'].iloc[row]}"
+        named.append(f"{where} ({reasons[row]})")
+    more = f" and {len(rows) - NAMED_BAD_SAMPLES} more" if len(rows) > NAMED_BAD_SAMPLES else ""
+    return ", ".join(named) + more
+
+
+def _on_rank0(world: Dist, step: Callable[[], T]) -> T:
+    """Run ``step`` on rank 0 only and give its result to every rank; its failure fails every rank."""
+    if not world.enabled:
+        return step()
+    if world.is_main:
+        try:
+            result = step()
+        except BaseException as exc:
+            world.broadcast_object({"error": str(exc)})
+            raise
+        world.broadcast_object({"result": result})
+        return result
+    outcome = world.broadcast_object(None)
+    if "error" in outcome:
+        raise FaceCleanerError(f"rank 0 failed: {outcome['error']}", "see rank 0's error above")
+    return outcome["result"]
+
+
+def _crash_point(batches_done: int) -> None:
+    """Crash tests set ``FACECLEANER_FAULT="score batch N"`` to SIGKILL this process after its N-th batch."""
+    if os.environ.get("FACECLEANER_FAULT") == f"score batch {batches_done}":
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -27,22 +27,27 @@ def manifest_metadata(kind: str, **fields: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def manifest_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any]) -> Iterator[Callable[[pa.Table], None]]:
-    """Yield ``write(table)`` appending row groups to ``path``, which appears (atomically) only on success."""
+def manifest_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any],
+                    atomic: bool = True) -> Iterator[Callable[[pa.Table], None]]:
+    """Yield ``write(table)`` appending row groups to ``path``, which appears (atomically) only on success.
+
+    ``atomic=False`` writes ``path`` itself: for a temporary of :func:`facecleaner.fileio.atomic_outputs`, which
+    publishes several files together.
+    """
     schema = schema.with_metadata({**(schema.metadata or {}),
                                    METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     # Dictionary encoding pays for repeated strings (labels, status, reason) and is wasted work on unique
     # paths and floats; whole tables per call let row groups be ROW_GROUP_ROWS, not the reader's chunks.
     dictionary = [f.name for f in schema
                   if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != "path"]
-    with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd",
-                                                      use_dictionary=dictionary) as writer:
+    with (atomic_output(path) if atomic else contextlib.nullcontext(path)) as tmp, \
+            pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=dictionary) as writer:
         yield lambda table: writer.write_table(table.cast(schema), row_group_size=ROW_GROUP_ROWS)
 
 
-def write_manifest(path: Path, table: pa.Table, metadata: dict[str, Any]) -> None:
-    """Write ``table`` to ``path`` via a temporary file in the same folder."""
-    with manifest_writer(path, table.schema, metadata) as write:
+def write_manifest(path: Path, table: pa.Table, metadata: dict[str, Any], atomic: bool = True) -> None:
+    """Write ``table`` to ``path`` via a temporary file in the same folder (see :func:`manifest_writer`)."""
+    with manifest_writer(path, table.schema, metadata, atomic) as write:
         write(table)
 
 

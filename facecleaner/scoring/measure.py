@@ -6,6 +6,7 @@ other class; the dominant sub-center vote needs every sample, so angles to it ar
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,6 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from facecleaner.distributed import shard_range
 from facecleaner.manifests.schema import RESERVED, STATUS_OK, scores_schema
 from facecleaner.model import prepare_images
 from facecleaner.model.head import SubCenterArcFace
@@ -21,7 +21,10 @@ from facecleaner.model.runtime import autocast, eval_mode
 from facecleaner.progress import progress_bar
 from facecleaner.scoring.angles import dominant_subcenters, own_class_cosines, to_degrees
 from facecleaner.scoring.search import OtherClassSearch
-from facecleaner.sources.dataset import DecodedImages, batch_loader, index_batches
+from facecleaner.sources.dataset import DecodedImages, batch_loader
+
+#: The reason recorded for a sample whose embedding (or an angle from it) is NaN or infinite, e.g. an overflow.
+NON_FINITE = "non-finite embedding"
 
 
 @dataclass
@@ -29,11 +32,50 @@ class Measurements:
     """Raw per-sample geometry; rows of unreadable samples hold NaN / -1."""
 
     readable: np.ndarray        # bool (N,)
-    reasons: list[str]          # "" where readable
+    reasons: Sequence[str]      # "" where readable
     own_cosines: np.ndarray     # float32 (N, K)
     other_class: np.ndarray     # int32 (N,)
     other_cosine: np.ndarray    # float32 (N,)
     resized: np.ndarray         # bool (N,): the stored image had another size than the model's input
+
+    @classmethod
+    def empty(cls, count: int, subcenters: int) -> Measurements:
+        """``count`` rows shaped like unreadable samples, to be filled batch by batch with :meth:`fill`."""
+        return cls(np.zeros(count, dtype=bool), np.full(count, "", dtype=object),
+                   np.full((count, subcenters), np.nan, dtype=np.float32), np.full(count, -1, dtype=np.int32),
+                   np.full(count, np.nan, dtype=np.float32), np.zeros(count, dtype=bool))
+
+    def fill(self, part: Mapping[str, np.ndarray]) -> None:
+        """Put the arrays of some batches (:meth:`BatchMeasurements.arrays`, as saved) into their rows."""
+        rows = part["rows"]
+        for name in MEASURED:
+            getattr(self, name)[rows] = part[name]
+
+
+#: The per-sample arrays a batch yields and the work area keeps, besides ``rows`` and the optional embeddings.
+MEASURED = ("readable", "reasons", "own_cosines", "other_class", "other_cosine", "resized")
+
+
+@dataclass
+class BatchMeasurements:
+    """One batch's measurements, row ``i`` being sample ``rows[i]``; unreadable rows hold NaN / -1."""
+
+    rows: np.ndarray            # int64 (B,)
+    readable: np.ndarray        # bool (B,)
+    reasons: np.ndarray         # str (B,), "" where readable
+    own_cosines: np.ndarray     # float32 (B, K)
+    other_class: np.ndarray     # int32 (B,)
+    other_cosine: np.ndarray    # float32 (B,)
+    resized: np.ndarray         # bool (B,)
+    embeddings: np.ndarray | None  # float16 (B, D) unit embeddings, zeros where unreadable; None unless asked
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays to save (reasons as fixed-width text, so that loading never needs pickle)."""
+        arrays = {"rows": self.rows, **{name: getattr(self, name) for name in MEASURED}}
+        arrays["reasons"] = np.asarray(self.reasons, dtype=str)
+        if self.embeddings is not None:
+            arrays["embeddings"] = self.embeddings
+        return arrays
 
 
 @dataclass
@@ -49,23 +91,21 @@ class Scores:
     measurements: Measurements
 
 
-def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedImages, classes: np.ndarray,
-            device: torch.device, precision: str, batch_size: int, workers: int, progress: bool = True,
-            embeddings_out: np.ndarray | None = None, batches: list[list[int]] | None = None) -> Measurements:
-    """Run the backbone in eval mode over all samples, in input order.
+def batch_rows(batch: int, batch_size: int, count: int) -> range:
+    """The samples of batch ``batch`` in the one-process order (consecutive runs of ``batch_size``).
 
-    ``batches`` (default: every sample, ``batch_size`` at a time) limits the pass to those index batches —
-    one rank's share under torchrun; the other rows stay unreadable-shaped (NaN / -1) and are merged by
-    :func:`merge_measurements`.
+    Every run, resumed or distributed, scores exactly these batches, so each sample's numbers are the same."""
+    return range(batch * batch_size, min(count, (batch + 1) * batch_size))
+
+
+def measure_batches(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedImages, classes: np.ndarray,
+                    device: torch.device, precision: str, batches: Sequence[Sequence[int]], workers: int,
+                    embeddings: bool = False, progress: bool = True) -> Iterator[BatchMeasurements]:
+    """Run the backbone in eval mode over ``batches`` (lists of sample indices), yielding each one's measurements.
+
+    A sample whose image cannot be read, or whose embedding or angles are not finite (:data:`NON_FINITE`), is
+    unreadable: it is recorded with its reason and never votes.
     """
-    count = len(dataset)
-    subs = head.subcenters
-    own = np.full((count, subs), np.nan, dtype=np.float32)
-    other_class = np.full(count, -1, dtype=np.int32)
-    other_cos = np.full(count, np.nan, dtype=np.float32)
-    readable = np.zeros(count, dtype=bool)
-    resized = np.zeros(count, dtype=bool)
-    reasons = [""] * count
     backbone.to(device)
     channels_last = device.type == "cuda"
     if channels_last:
@@ -73,65 +113,47 @@ def measure(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: DecodedI
     subcenters = head.unit_subcenters().to(device)
     search_other = OtherClassSearch(subcenters)
     labels = torch.from_numpy(classes.astype(np.int64))
-    if batches is None:
-        batches = index_batches(np.arange(count), batch_size)
+    dim = head.embedding_size if embeddings else None
     loader = batch_loader(dataset, batches, workers, device.type == "cuda")
     with eval_mode(backbone), progress_bar(sum(map(len, batches)), "scoring", progress) as bar:
         for images, ok, indices, why, was_resized in loader:
-            for index, good, reason in zip(indices.tolist(), ok.tolist(), why, strict=True):
-                if not good:
-                    reasons[index] = reason
-            resized[indices.numpy()] = was_resized.numpy()
+            batch = _unreadable_batch(indices.numpy(), why, was_resized.numpy(), head.subcenters, dim)
+            good = np.flatnonzero(ok.numpy())
+            if len(good):
+                with autocast(device, precision):
+                    embedded = backbone(prepare_images(images[torch.from_numpy(good)], device, channels_last))
+                _measure(batch, good, embedded, labels, subcenters, search_other, device)
             bar.update(len(indices))
-            if not ok.any():
-                continue
-            rows = indices[ok]
-            with autocast(device, precision):
-                embeddings = backbone(prepare_images(images[ok], device, channels_last))
-            unit = torch.nn.functional.normalize(embeddings.float(), dim=1)
-            y = labels[rows].to(device)
-            own[rows] = own_class_cosines(unit, subcenters, y).cpu().numpy()
-            best_class, best_cos = search_other(unit, y)
-            other_class[rows] = best_class.cpu().numpy()
-            other_cos[rows] = best_cos.cpu().numpy()
-            readable[rows] = True
-            if embeddings_out is not None:
-                embeddings_out[rows.numpy()] = unit.cpu().numpy().astype(np.float16)
-    return Measurements(readable, reasons, own, other_class, other_cos, resized)
+            yield batch
 
 
-def share_of_batches(count: int, batch_size: int, world: int, rank: int) -> list[list[int]]:
-    """Rank ``rank``'s contiguous run of the single-process batches: each batch is scored exactly as one
-    process would score it, so the merged result equals a one-process run."""
-    batches = index_batches(np.arange(count), batch_size)
-    start, end = shard_range(len(batches), world, rank)
-    return batches[start:end]
+def _unreadable_batch(rows: np.ndarray, reasons: Sequence[str], resized: np.ndarray, subcenters: int,
+                      dim: int | None) -> BatchMeasurements:
+    count = len(rows)
+    return BatchMeasurements(rows.astype(np.int64), np.zeros(count, dtype=bool), np.array(reasons, dtype=object),
+                             np.full((count, subcenters), np.nan, dtype=np.float32), np.full(count, -1, dtype=np.int32),
+                             np.full(count, np.nan, dtype=np.float32), resized.astype(bool),
+                             None if dim is None else np.zeros((count, dim), dtype=np.float16))
 
 
-def take_rows(measurements: Measurements, rows: np.ndarray) -> dict:
-    """The given rows of a (full-length) Measurements, to send to rank 0."""
-    m = measurements
-    return {"rows": rows, "readable": m.readable[rows], "reasons": [m.reasons[i] for i in rows.tolist()],
-            "own_cosines": m.own_cosines[rows], "other_class": m.other_class[rows],
-            "other_cosine": m.other_cosine[rows], "resized": m.resized[rows]}
-
-
-def merge_measurements(parts: list[dict], count: int, subcenters: int) -> Measurements:
-    """Every rank's :func:`take_rows` put back into one Measurements, in input order."""
-    merged = Measurements(np.zeros(count, dtype=bool), [""] * count,
-                          np.full((count, subcenters), np.nan, dtype=np.float32),
-                          np.full(count, -1, dtype=np.int32), np.full(count, np.nan, dtype=np.float32),
-                          np.zeros(count, dtype=bool))
-    for part in parts:
-        rows = part["rows"]
-        merged.readable[rows] = part["readable"]
-        merged.own_cosines[rows] = part["own_cosines"]
-        merged.other_class[rows] = part["other_class"]
-        merged.other_cosine[rows] = part["other_cosine"]
-        merged.resized[rows] = part["resized"]
-        for index, reason in zip(rows.tolist(), part["reasons"], strict=True):
-            merged.reasons[index] = reason
-    return merged
+def _measure(batch: BatchMeasurements, good: np.ndarray, embedded: torch.Tensor, labels: torch.Tensor,
+             subcenters: torch.Tensor, search_other: OtherClassSearch, device: torch.device) -> None:
+    """Fill the rows ``good`` of ``batch`` from their embeddings; a non-finite one makes its row unreadable."""
+    unit = torch.nn.functional.normalize(embedded.float(), dim=1)
+    finite = torch.isfinite(unit).all(dim=1)
+    unit = torch.where(finite[:, None], unit, torch.zeros_like(unit))  # keeps NaN out of the search
+    y = labels[torch.from_numpy(batch.rows[good])].to(device)
+    own = own_class_cosines(unit, subcenters, y).cpu().numpy()
+    best_class, best_cos = (t.cpu().numpy() for t in search_other(unit, y))
+    keep = finite.cpu().numpy() & np.isfinite(own).all(axis=1) & ~np.isnan(best_cos)
+    measured, failed = good[keep], good[~keep]  # positions in the batch
+    batch.readable[measured] = True
+    batch.reasons[failed] = NON_FINITE
+    batch.own_cosines[measured] = own[keep]
+    batch.other_class[measured] = best_class[keep]
+    batch.other_cosine[measured] = best_cos[keep]
+    if batch.embeddings is not None:
+        batch.embeddings[measured] = unit.cpu().numpy()[keep].astype(np.float16)
 
 
 def summarize(measurements: Measurements, classes: np.ndarray, num_classes: int) -> Scores:

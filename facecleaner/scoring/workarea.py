@@ -1,0 +1,216 @@
+"""score's resumable work area: each batch's measurements, kept beside ``--out`` as they are made.
+
+The dominant sub-center vote needs every sample, so the manifest can only be written at the end. What can be
+kept as the run goes are the measurements the vote and the angles are made from (:class:`BatchMeasurements`:
+own-class cosines, nearest other class, readable/reason, resized and, with ``--embeddings``, the embeddings).
+``<out>.resume/`` holds them; a killed run leaves it behind, and ``--resume`` measures only the batches not in
+it. The manifest is always made from these files, so a resumed run writes what an uninterrupted one writes.
+
+- ``stamp.json`` says what the measurements belong to (model, input, batch size, precision, device kind,
+  embeddings); ``--resume`` refuses a work area whose stamp differs. It also names the process using it, so
+  that no run replaces the work area of one still going on this machine. The folder is published with its
+  stamp, so it never exists without one.
+- ``batches-<first>-<end>.npz`` holds the consecutive batches ``[first, end)`` of the one-process batch order,
+  published atomically. Under torchrun every rank writes its own and rank 0 reads them all, so the folder of
+  ``--out`` must be one that every rank sees.
+- The work area is not a temporary: only a finished run, or a fresh run (without ``--resume``), removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facecleaner.errors import FaceCleanerError, InputError
+from facecleaner.fileio import (
+    atomic_output,
+    owner_alive,
+    owner_tag,
+    publish,
+    remove_dead_temporaries,
+    temporary_beside,
+)
+from facecleaner.progress import logger
+from facecleaner.scoring.measure import MEASURED, BatchMeasurements, Measurements
+
+WORK_SUFFIX = ".resume"
+STAMP_FILE = "stamp.json"
+FORMAT = "facecleaner-score-work/1"
+#: A part is written at least every PART_ROWS samples, and at least PARTS_PER_PASS times in a pass, so a crash
+#: loses at most that much work (a few seconds on a GPU, a twentieth of a small run).
+PART_ROWS = 1 << 16
+PARTS_PER_PASS = 20
+
+_PART = re.compile(r"batches-(\d+)-(\d+)\.npz")
+_PART_TEMPORARY = re.compile(r"\.(batches-\d+-\d+\.npz)\..+\.tmp")
+_STAMP_NAMES = {"format": "format", "checkpoint_sha256": "model sha256", "input_fingerprint": "input fingerprint",
+                "rows": "rows", "batch_size": "batch size", "precision": "precision", "device": "device",
+                "embeddings": "embeddings"}
+
+
+def work_area_path(out: Path) -> Path:
+    """Where the work area of the scores manifest ``out`` lives: ``<out>.resume/`` beside it."""
+    return out.with_name(out.name + WORK_SUFFIX)
+
+
+def batches_per_part(batch_size: int, batches: int) -> int:
+    """How many consecutive batches one part holds in a pass over ``batches`` batches."""
+    return max(1, min(PART_ROWS // batch_size, batches // PARTS_PER_PASS))
+
+
+class WorkArea:
+    """The work area of one scores manifest (see the module notes)."""
+
+    def __init__(self, out: Path) -> None:
+        self.folder = work_area_path(Path(out))
+
+    def start(self, stamp: dict[str, Any], resume: bool) -> None:
+        """Make the work area ready for a run stamped ``stamp``: kept when resuming (if it is this run's),
+        replaced otherwise. A folder of that name that is not a work area, or one a live process on this
+        machine is using, is never touched."""
+        remove_dead_temporaries(self.folder)
+        stamp = {"format": FORMAT, **stamp}
+        found = self._stamp()
+        if found is not None:
+            self._refuse_live_owner(str(found.get("owner", "")))
+        if resume and found is not None:
+            self._continue(found, stamp)
+            return
+        if found is not None:
+            logger.info("starting over: removed the work area %s of an earlier run (--resume would continue it)",
+                        self.folder)
+            shutil.rmtree(self.folder)
+        elif resume:
+            logger.info("nothing to resume in %s: scoring from the start", self.folder)
+        fresh = temporary_beside(self.folder, directory=True)
+        (fresh / STAMP_FILE).write_text(_stamp_text(stamp), encoding="utf-8")
+        publish(fresh, self.folder)
+
+    def _continue(self, found: dict[str, Any], stamp: dict[str, Any]) -> None:
+        """Take over the work area of an earlier run if it was stamped ``stamp``; refuse a foreign one."""
+        differences = [f"{_STAMP_NAMES.get(key, key)} {_short(found.get(key))} there, {_short(value)} now"
+                       for key, value in stamp.items() if found.get(key) != value]
+        if differences:
+            raise InputError(f"the work area {self.folder} belongs to another run ({'; '.join(differences)})",
+                             "rerun with the model, data and options it was started with, or without --resume "
+                             "to start over")
+        for entry in self.folder.iterdir():
+            temporary = _PART_TEMPORARY.fullmatch(entry.name)
+            if temporary:
+                remove_dead_temporaries(self.folder / temporary[1])
+        with atomic_output(self.folder / STAMP_FILE) as tmp:
+            tmp.write_text(_stamp_text(stamp), encoding="utf-8")
+
+    def _refuse_live_owner(self, owner: str) -> None:
+        """Another score process on this machine that is still running owns the work area: leave it alone."""
+        mine = owner_tag()
+        if owner and owner != mine and owner.rpartition("-")[0] == mine.rpartition("-")[0] and owner_alive(owner):
+            raise InputError(f"the work area {self.folder} belongs to a score run that is still going (process "
+                             f"{owner.rpartition('-')[2]})", "wait for it to finish, or give another --out")
+
+    def _stamp(self) -> dict[str, Any] | None:
+        """The stamp of the folder, None when there is no folder; InputError when the folder is not ours."""
+        if not self.folder.exists() and not self.folder.is_symlink():
+            return None
+        try:
+            stamp = json.loads((self.folder / STAMP_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stamp = None
+        if not isinstance(stamp, dict) or not str(stamp.get("format", "")).startswith("facecleaner-score-work/"):
+            raise InputError(f"{self.folder} is in the way: it is not a score work area, and score keeps its "
+                             "measurements there", "move it away, or choose another --out")
+        return stamp
+
+    def finished_batches(self) -> list[int]:
+        """The batches whose measurements are kept, in order."""
+        done: set[int] = set()
+        for entry in self.folder.iterdir():
+            match = _PART.fullmatch(entry.name)
+            if match:
+                done.update(range(int(match[1]), int(match[2])))
+        return sorted(done)
+
+    def writer(self, batches_per_part: int) -> PartWriter:
+        return PartWriter(self.folder, batches_per_part)
+
+    def _parts(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if _PART.fullmatch(p.name))
+
+    def read(self, count: int, subcenters: int) -> Measurements:
+        """Every sample's measurements from the parts; an error if some samples have none."""
+        measurements = Measurements.empty(count, subcenters)
+        covered = np.zeros(count, dtype=bool)
+        for path in self._parts():
+            with _load(path) as part:
+                arrays = {name: part[name] for name in ("rows", *MEASURED)}  # each access reads the file
+            measurements.fill(arrays)
+            covered[arrays["rows"]] = True
+        if not covered.all():
+            missing = np.flatnonzero(~covered)
+            raise FaceCleanerError(f"the work area {self.folder} lacks the measurements of {len(missing)} samples "
+                                   f"(the first is row {missing[0] + 1})",
+                                   "under torchrun on several machines, --out must be on a filesystem they all "
+                                   "share; run the same command with --resume to measure the rest")
+        return measurements
+
+    def write_embeddings(self, path: Path, count: int, dim: int) -> None:
+        """The kept embeddings as one float16 (count, dim) .npy at ``path``; unreadable rows are zeros."""
+        store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(count, dim))
+        for part_path in self._parts():
+            with _load(part_path) as part:
+                store[part["rows"]] = part["embeddings"]
+        store.flush()
+        del store
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class PartWriter:
+    """Collects consecutive batches and publishes them as one part every ``batches_per_part`` batches."""
+
+    def __init__(self, folder: Path, batches_per_part: int) -> None:
+        self.folder = folder
+        self.batches_per_part = batches_per_part
+        self._pending: list[tuple[int, BatchMeasurements]] = []
+
+    def add(self, batch: int, measurements: BatchMeasurements) -> None:
+        if self._pending and batch != self._pending[-1][0] + 1:
+            self.flush()  # a part holds consecutive batches only
+        self._pending.append((batch, measurements))
+        if len(self._pending) >= self.batches_per_part:
+            self.flush()
+
+    def flush(self) -> None:
+        """Publish the pending batches as one part (nothing when none are pending)."""
+        if not self._pending:
+            return
+        first, end = self._pending[0][0], self._pending[-1][0] + 1
+        parts = [m.arrays() for _, m in self._pending]
+        arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        with atomic_output(self.folder / f"batches-{first:09d}-{end:09d}.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+        self._pending = []
+
+
+def _load(path: Path) -> np.lib.npyio.NpzFile:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path} is damaged ({exc})", "run the same command without --resume to start over") from exc
+
+
+def _stamp_text(stamp: dict[str, Any]) -> str:
+    """The stamp as written: with this process as the owner (not part of what must match)."""
+    return json.dumps({**stamp, "owner": owner_tag()}, sort_keys=True)
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text[:12] + "…" if len(text) > 16 else text
