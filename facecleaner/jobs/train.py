@@ -25,8 +25,6 @@ from facecleaner.sources.labels import encode_labels
 CONFIG_FILE = "config.json"
 LOG_FILE = "train.log"
 SUMMARY_FILE = "summary.json"
-#: Every file train writes in RUN_DIR (the loop's metrics, checkpoint and model included).
-RUN_FILES = (CONFIG_FILE, LOG_FILE, "metrics.jsonl", "checkpoint.pt", "model.pt", SUMMARY_FILE)
 
 
 def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
@@ -57,7 +55,7 @@ def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, p
 
     world = distributed.init(resolve_device(config.device))
     if world.is_main:
-        recover_outputs([run_dir / name for name in RUN_FILES])
+        recover_outputs(_run_files(run_dir))
     config_file = run_dir / CONFIG_FILE
     if resume:
         if not (run_dir / CHECKPOINT_FILE).is_file():
@@ -141,8 +139,17 @@ def _check_paths(data: Path, run_dir: Path, config: TrainConfig, config_file: st
     elif (data / "train.rec").is_file():
         inputs.update({"DATA's train.rec": data / "train.rec", "DATA's train.idx": data / "train.idx"})
     outputs: dict[str, str | Path | None] = {"--out": run_dir}
-    outputs.update({f"--out ({name})": run_dir / name for name in RUN_FILES})
+    outputs.update({f"--out ({path.name})": path for path in _run_files(run_dir)})
     check_distinct(inputs, outputs)
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    """Every file train writes in RUN_DIR."""
+    from facecleaner.model.checkpoint import CHECKPOINT_FILE, MODEL_FILE
+    from facecleaner.training.loop import METRICS_FILE
+
+    return [run_dir / name for name in (CONFIG_FILE, LOG_FILE, METRICS_FILE, CHECKPOINT_FILE, MODEL_FILE,
+                                        SUMMARY_FILE)]
 
 
 @contextlib.contextmanager
