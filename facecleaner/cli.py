@@ -18,7 +18,15 @@ from typing import Any
 import click
 
 from facecleaner import __version__
-from facecleaner.config import DEMO_EPOCHS, DEMO_IDENTITIES, DEMO_IMAGES_PER_IDENTITY, DEMO_LR
+from facecleaner.config import (
+    DEMO_EPOCHS,
+    DEMO_IDENTITIES,
+    DEMO_IMAGES_PER_IDENTITY,
+    DEMO_LR,
+    MAX_MARGIN,
+    MAX_SEED,
+    MAX_SUBCENTERS,
+)
 from facecleaner.errors import FaceCleanerError
 
 PATH = click.Path(path_type=Path)
@@ -115,9 +123,11 @@ def main() -> None:
               help="TOML/JSON file of training settings (flags given on the command line win).")
 @click.option("--backbone", type=click.Choice(["tiny", "mbf", "r18", "r34", "r50", "r100", "r200"]), default=None,
               help="Network [default: r50 on GPU, tiny on CPU].")
-@click.option("--subcenters", type=click.IntRange(min=1), default=None, help="Sub-centers per class K [default: 3].")
-@click.option("--margin", type=float, default=None, help="Additive angular margin m in radians [default: 0.5].")
-@click.option("--scale", type=float, default=None,
+@click.option("--subcenters", type=click.IntRange(1, MAX_SUBCENTERS), default=None,
+              help="Sub-centers per class K [default: 3].")
+@click.option("--margin", type=click.FloatRange(0, MAX_MARGIN, max_open=True), default=None,
+              help="Additive angular margin m in radians, below π/2 [default: 0.5].")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Logit scale s [default: from the class count, 64 for large sets].")
 @click.option("--embedding-size", type=click.IntRange(min=2), default=None, help="Embedding size [default: 512].")
 @click.option("--image-size", type=click.IntRange(min=16), default=None,
@@ -127,7 +137,8 @@ def main() -> None:
 @click.option("--sample-rate", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Partial FC: per step each process scores its classes in the batch plus random others up to "
                    "this share of its classes [default: 1 = all; 0.1-0.3 for millions of identities].")
-@click.option("--lr", type=float, default=None, help="Peak SGD learning rate [default: 0.1 × batch / 256].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak SGD learning rate [default: 0.1 × batch / 256].")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Dropout before the embedding layer [default: 0].")
 @click.option("--shift", type=click.FloatRange(0, 0.5, max_open=True), default=None,
@@ -137,11 +148,14 @@ def main() -> None:
 @device_option
 @precision_option
 @workers_option
-@click.option("--seed", type=int, default=None, help="Random seed [default: 0]; recorded in config.json.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
+              help="Random seed [default: 0]; recorded in config.json.")
 @bad_option
 @click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile the backbone [default: on with CUDA, off on the CPU].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last checkpoint; settings other than --epochs may be "
+                   "left out, and must not differ from the run's.")
 @quiet_option
 @json_option
 def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json: bool, resume: bool,
@@ -149,7 +163,8 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
     """Train a sub-center ArcFace model on DATA.
 
     Writes OUT/config.json, train.log, metrics.jsonl (loss, accuracy and mean angle per epoch),
-    checkpoint.pt every epoch (SIGTERM also checkpoints) and model.pt at the end.
+    checkpoint.pt every epoch (Ctrl-C or SIGTERM also checkpoint, mid-epoch) and model.pt at the end.
+    Continue a stopped run with the same command plus --resume.
 
     \b
     Example:
@@ -166,10 +181,11 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
              if v is not None and context.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     config = replace(base, **given)
-    summary = _run(api.train)(data, out, config, resume=resume, progress=not quiet)
+    summary = _run(api.train)(data, out, config, resume=resume, progress=not quiet, config_file=config_file)
     _emit(summary, as_json, [
         f"model: {out / 'model.pt'}",
-        f"{summary['samples']} samples, {summary['classes']} identities, {summary['epochs']} epochs",
+        f"{summary['samples']} samples ({summary['unreadable']} unreadable), {summary['classes']} identities, "
+        f"{summary['epochs']} epochs",
         f"final loss {summary['final_loss']:.3f}, train accuracy {summary['final_accuracy']:.3f}, "
         f"mean angle {summary['final_mean_angle']:.1f}°, {summary['images_per_second']:.0f} img/s",
     ])  # a convergence warning goes to stderr as a log line (shown even with -q), and into --json

@@ -9,14 +9,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from facecleaner.errors import InputError
+from facecleaner.fileio import atomic_output
 
 if TYPE_CHECKING:
     import torch
+
+#: Largest ``--seed``: the per-epoch and per-step seeds derived from it must fit torch's 64-bit seeds.
+MAX_SEED = 2 ** 31 - 1
+#: Largest ``--subcenters``: scores store a sub-center's index as int8.
+MAX_SUBCENTERS = 128
+#: ``--margin`` stays below this (radians): from π/2 on, even a sample on its sub-center gets cos(m) ≤ 0.
+MAX_MARGIN = math.pi / 2
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Reject impossible settings before any data is read."""
         checks = [
-            (self.subcenters >= 1, "--subcenters must be at least 1"),
-            (0.0 <= self.margin < math.pi / 2, "--margin must be in [0, π/2) radians (0.5 is the paper's)"),
+            (1 <= self.subcenters <= MAX_SUBCENTERS, f"--subcenters must be in [1, {MAX_SUBCENTERS}]"),
+            (0.0 <= self.margin < MAX_MARGIN, "--margin must be in [0, π/2) radians (0.5 is the paper's)"),
             (self.scale is None or self.scale > 0, "--scale must be positive"),
             (self.embedding_size >= 2, "--embedding-size must be at least 2"),
             (self.image_size >= 16, "--image-size must be at least 16"),
@@ -61,6 +70,16 @@ class TrainConfig:
             (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
             (0.0 <= self.shift < 0.5, "--shift must be in [0, 0.5)"),
             (0.0 < self.sample_rate <= 1.0, "--sample-rate must be in (0, 1]"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}]"),
+            (self.workers is None or self.workers >= 0, "--workers must be at least 0"),
+            (self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+             "--device must be auto, cpu, cuda or cuda:N"),
+            (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be at least 0"),
+            (self.grad_clip > 0, "grad_clip must be positive"),
+            (self.warmup_epochs is None or self.warmup_epochs >= 0, "warmup_epochs must be at least 0"),
+            (self.margin_warmup_epochs is None or self.margin_warmup_epochs >= 0,
+             "margin_warmup_epochs must be at least 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,8 +142,10 @@ def resolve(config: TrainConfig, num_samples: int, num_classes: int) -> TrainCon
 
 
 def save_config(config: TrainConfig, path: Path, extra: dict | None = None) -> None:
+    """Write the resolved settings (and facts about the run) as ``config.json``, atomically."""
     data = {"train": asdict(config), **(extra or {})}
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_config(path: Path) -> TrainConfig:
@@ -138,10 +159,53 @@ def load_config(path: Path) -> TrainConfig:
             data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read config {path}: {exc}", "give a TOML or JSON file") from exc
-    section = data.get("train", data)
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(section) - known)
+    section = data.get("train", data) if isinstance(data, dict) else data
+    if not isinstance(section, dict):
+        raise InputError(f"config {path} does not hold a table of settings", "write one setting per line, e.g. "
+                         "epochs = 20, under [train]")
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = sorted(set(section) - set(known))
     if unknown:
         raise InputError(f"config {path} has unknown settings: {', '.join(unknown)}",
                          f"use only: {', '.join(sorted(known))}")
+    wrong = [f"{name} = {value!r} (expected {known[name]})" for name, value in section.items()
+             if not _has_type(value, known[name])]
+    if wrong:
+        raise InputError(f"config {path} has settings of the wrong type: {', '.join(wrong)}",
+                         "write numbers without quotes and names in quotes")
     return TrainConfig(**section)
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether ``value`` fits a TrainConfig field annotated ``annotation`` (e.g. ``"float | None"``); an integer
+    fits a float field, a boolean fits only a bool field."""
+    accepted = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+    kinds = [kind for part in annotation.split("|") for kind in accepted[part.strip()]]
+    return isinstance(value, tuple(kinds)) and (not isinstance(value, bool) or bool in kinds)
+
+
+def explicit_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings that differ from ``TrainConfig()``'s defaults: what the caller asked for (the CLI builds its
+    TrainConfig from the flags given and ``--config`` only)."""
+    defaults = TrainConfig()
+    return {f.name: getattr(config, f.name) for f in fields(TrainConfig)
+            if getattr(config, f.name) != getattr(defaults, f.name)}
+
+
+def resume_conflicts(asked: TrainConfig, saved: TrainConfig, num_samples: int, num_classes: int) -> list[str]:
+    """The settings asked for that differ from a run's saved ones, as ``--option value (the run has …)``.
+
+    Only ``epochs`` may change on ``--resume``; a setting not asked for is no difference, and one asked for is
+    compared as resolved (``--precision bf16`` on the CPU is the fp32 the run recorded).
+    """
+    resolved = resolve(asked, num_samples, num_classes)
+    return [f"{_flag(name, value)} (the run has {getattr(saved, name)})"
+            for name, value in explicit_settings(asked).items()
+            if name != "epochs" and getattr(resolved, name) != getattr(saved, name)]
+
+
+def _flag(name: str, value: Any) -> str:
+    option = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{option}"
+    return f"--{option} {value}"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from facecleaner.cli import main
-from facecleaner.config import TrainConfig, auto_epochs, auto_scale, load_config, resolve
+from facecleaner.config import TrainConfig, auto_epochs, auto_scale, load_config, resolve, resume_conflicts
 from facecleaner.errors import InputError
 
 
@@ -26,10 +26,40 @@ def test_automatic_values_follow_dataset_size() -> None:
     assert config.lr == pytest.approx(0.025) and config.margin_warmup_epochs == pytest.approx(10.0)
 
 
-@pytest.mark.parametrize("field, value", [("batch_size", 1), ("margin", 2.0), ("subcenters", 0), ("shift", 0.6)])
+@pytest.mark.parametrize("field, value", [
+    ("batch_size", 1), ("margin", 2.0), ("subcenters", 0), ("shift", 0.6),
+    ("subcenters", 129), ("seed", -1), ("seed", 2 ** 31), ("workers", -1), ("device", "gpu"), ("momentum", 1.0),
+    ("weight_decay", -1e-4), ("grad_clip", 0.0), ("warmup_epochs", -1.0), ("margin_warmup_epochs", -1.0),
+])
 def test_impossible_settings_are_refused(field: str, value: float) -> None:
     with pytest.raises(InputError):
         TrainConfig(**{field: value}).validate()
+
+
+def test_config_file_values_of_the_wrong_type_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text('[train]\nepochs = "3"\nlr = true\nmargin = 0.4\nscale = 30\nseed = 1.5\n')
+    with pytest.raises(InputError, match="wrong type") as error:
+        load_config(tmp_path / "run.toml")
+    message = str(error.value)
+    assert "epochs = '3'" in message and "lr = True" in message and "seed = 1.5" in message
+    assert "margin" not in message and "scale" not in message  # an integer is a fine float
+
+
+def test_a_config_file_value_out_of_range_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text('[train]\ndevice = "gpu"\n')
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--config",
+                                       str(tmp_path / "run.toml"), "-q"])
+    assert result.exit_code == 1 and result.output.startswith("Error: --device must be auto, cpu, cuda or cuda:N")
+
+
+def test_resume_conflicts_compare_only_what_was_asked_as_resolved() -> None:
+    saved = resolve(TrainConfig(device="cpu", precision="bf16", batch_size=64), num_samples=3_000, num_classes=100)
+    same = TrainConfig(device="cpu", precision="bf16", batch_size=64, epochs=saved.epochs + 5, compile=False)
+    assert resume_conflicts(same, saved, 3_000, 100) == []  # bf16 on the CPU is the fp32 recorded; epochs may change
+    assert resume_conflicts(TrainConfig(), saved, 3_000, 100) == []  # nothing asked, nothing differs
+    other = TrainConfig(lr=0.3, compile=True, subcenters=3, margin=0.4)
+    assert resume_conflicts(other, saved, 3_000, 100) == [
+        "--margin 0.4 (the run has 0.5)", "--lr 0.3 (the run has 0.025)", "--compile (the run has False)"]
 
 
 def test_config_file_unknown_keys_are_refused(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The sub-center ArcFace training loop: one process, or one rank of a torchrun job.
 
 Determinism: the sample order, the flips and the global RNG of epoch ``e`` derive from ``(seed, e)``, and
-mid-epoch checkpoints (SIGTERM) carry the RNG states, so ``--resume`` reproduces an uninterrupted run
+mid-epoch checkpoints (Ctrl-C, SIGTERM) carry the RNG states, so ``--resume`` reproduces an uninterrupted run
 bit-for-bit on the CPU.
 
 Under torchrun every rank draws the same epoch order; a step's global batch is ``batch_size × world``
@@ -13,7 +13,6 @@ hold the whole head in class order (plus the shard layout), so a run saved on N 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import signal
 import threading
@@ -28,6 +27,7 @@ import torch
 from facecleaner.config import TrainConfig
 from facecleaner.distributed import Dist, shard_ranges
 from facecleaner.errors import CheckpointError, FaceCleanerError, TooManyBadSamples
+from facecleaner.fileio import atomic_output
 from facecleaner.model import prepare_images
 from facecleaner.model.backbones import build_backbone, load_backbone_weights
 from facecleaner.model.checkpoint import (
@@ -50,6 +50,7 @@ from facecleaner.training.schedule import lr_factor, margin_at
 
 METRICS_FILE = "metrics.jsonl"
 POSTFIX_EVERY = 20  # steps between progress-bar loss readings
+NAMED_UNREADABLE = 5  # unreadable samples named when too many abort the run
 # Below these the model has not separated the classes: scoring with it would drop nearly everything.
 MIN_SEPARATED_ACCURACY = 0.3
 MAX_SEPARATED_ANGLE = 70.0
@@ -72,7 +73,7 @@ class TrainResult:
 
 
 class Interrupted(FaceCleanerError):
-    """SIGTERM arrived; a checkpoint was written and ``--resume`` continues from it."""
+    """Ctrl-C or SIGTERM stopped training; a checkpoint was written (when one exists, ``--resume`` continues)."""
 
 
 def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config: TrainConfig, run_dir: Path,
@@ -117,12 +118,21 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     margin_warmup = int(config.margin_warmup_epochs * steps_per_epoch)
 
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "unreadable": []}
+    state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "unreadable": [], "metrics": []}
     augment_rng = torch.Generator()
     if resume:
         state = _load_checkpoint(run_dir / CHECKPOINT_FILE, backbone, head, optimizer, scaler, augment_rng,
                                  world, global_batch)
+        if world.is_main:
+            _write_metrics(run_dir, state["metrics"])
+        if state["epoch"] < config.epochs:
+            logger.info("resumed at epoch %d/%d, step %d/%d", state["epoch"] + 1, config.epochs,
+                        state["step_in_epoch"] + 1, steps_per_epoch)
+        else:
+            logger.info("resumed a run that has finished its %d epochs: writing its model", config.epochs)
     unreadable = set(state["unreadable"])
+    history: list[dict[str, Any]] = state["metrics"]  # one entry per finished epoch, saved in every checkpoint
+    reasons: dict[int, str] = {}  # why this process could not read a sample, for the abort message
     max_bad = config.max_bad_fraction * samples
 
     plan = BatchPlan()
@@ -132,99 +142,92 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                     DecodedImages.memory_cache_bytes(samples, spec.image_size) / 2 ** 20)
     loader = batch_loader(DecodedImages(source, spec.image_size, cache=cache), plan, config.workers,
                           device.type == "cuda")
-    stop = _StopFlag()
-    log_handler = _file_log(run_dir / "train.log") if world.is_main else None
-    metrics: dict[str, Any] = {}
     images_seen, seconds = 0, 0.0
-    try:
-        with stop:
-            for epoch in range(state["epoch"], config.epochs):
-                epoch_seed = config.seed * 1_000_003 + epoch
-                order = torch.randperm(samples, generator=torch.Generator().manual_seed(epoch_seed)).numpy()
-                batches = index_batches(order, global_batch, drop_last=True)
-                if world.enabled:  # this rank's share of each global batch
-                    batches = [np.array_split(batch, world.world)[world.rank].tolist() for batch in batches]
-                first = state["step_in_epoch"] if epoch == state["epoch"] else 0
-                if first == 0:
-                    rank_seed = epoch_seed + 7_919 * world.rank  # rank 0 (and one process) as before
-                    torch.manual_seed(rank_seed)
-                    augment_rng.manual_seed(rank_seed + 1)
-                sums = _EpochSums()
-                started = time.perf_counter()
-                plan.batches = batches[first:]
-                bar = progress_bar(len(batches) * global_batch, f"epoch {epoch + 1}/{config.epochs}",
-                                   progress and world.is_main, initial=first * global_batch)
-                for step_in_epoch, (images, ok, indices, _, _) in enumerate(loader, start=first):
-                    global_step = epoch * steps_per_epoch + step_in_epoch
-                    too_few = _sync_unreadable(world, unreadable, indices[~ok].tolist(), int(ok.sum()) < 2, device)
-                    if len(unreadable) > max_bad:
-                        raise TooManyBadSamples(
-                            f"{len(unreadable)} of {samples} samples are unreadable "
-                            f"(more than --max-bad-fraction {config.max_bad_fraction})",
-                            "fix or remove the broken files, or raise --max-bad-fraction")
-                    if too_few:
-                        continue
-                    x = augment(prepare_images(images[ok], device, channels_last), augment_rng, config.shift)
-                    y = labels[indices[ok]].to(device, non_blocking=True)
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.lr * lr_factor(global_step, warmup_steps, total_steps)
-                    margin = margin_at(global_step, margin_warmup, spec.margin)
-                    with autocast(device, config.precision):
-                        embeddings = forward(x)
-                        out = head(embeddings, y, margin=margin, step=global_step) if sharded else \
-                            head(embeddings, y, margin=margin)
-                    optimizer.zero_grad(set_to_none=True)
-                    # DDP averages the backbone's gradients over ranks, but the global loss is the *sum* of
-                    # the partial losses: scale by the world for the backbone, and undo it for the own shard.
-                    scaler.scale(out.loss * world.world if world.enabled else out.loss).backward()
-                    if world.enabled and head.weight.grad is not None:
-                        head.weight.grad.div_(world.world)
-                    if world.enabled and scaler.is_enabled():
-                        _share_overflow(list(head.parameters()), world)
-                    scaler.unscale_(optimizer)
-                    if world.enabled:
-                        _clip_global(list(backbone.parameters()), list(head.parameters()), config.grad_clip, world)
-                    else:
-                        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    sums.add(out, len(out.correct))
-                    bar.update(len(images) * world.world)
-                    if not bar.disable and step_in_epoch % POSTFIX_EVERY == 0:  # .item() waits for the GPU
-                        bar.set_postfix(loss=f"{_reported_loss(out).item():.3f}", refresh=False)
-                    if _any_rank(world, stop.requested, device):
-                        _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
-                                         epoch, step_in_epoch + 1, unreadable, world, global_batch)
-                        raise Interrupted(f"stopped by SIGTERM in epoch {epoch + 1}; checkpoint written to {run_dir}",
-                                          "run the same command with --resume to continue")
-                bar.close()
-                elapsed = time.perf_counter() - started
-                images_seen += sums.count
-                seconds += elapsed
-                last_step = (epoch + 1) * steps_per_epoch - 1
-                metrics = sums.summary(epoch + 1, elapsed, optimizer.param_groups[0]["lr"],
-                                       margin_at(last_step, margin_warmup, spec.margin), len(unreadable))
-                if world.is_main:
-                    with open(run_dir / METRICS_FILE, "a") as out_file:
-                        out_file.write(json.dumps(metrics) + "\n")
-                logger.info("epoch %d/%d loss %.4f accuracy %.3f mean angle %.1f° %.0f img/s",
-                            epoch + 1, config.epochs, metrics["loss"], metrics["accuracy"],
-                            metrics["mean_angle"], metrics["images_per_second"])
-                _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
-                                 epoch + 1, 0, unreadable, world, global_batch)
-        backbone.to(memory_format=torch.contiguous_format)
-        if sharded:
-            full_head = gather_rows(head.weight.detach(), _shard_rows(head, world), world.world)
-            if world.is_main:
-                atomic_save(model_payload(spec, backbone.cpu(), full_head.cpu()), run_dir / MODEL_FILE)
-            world.barrier()
-        else:
-            save_model(run_dir / MODEL_FILE, spec, backbone.cpu(), head.cpu())
-    finally:
-        if log_handler is not None:
-            logging.getLogger("facecleaner").removeHandler(log_handler)
-            log_handler.close()
-    return _result(run_dir, config, total_steps, len(spec.classes), samples, len(unreadable), metrics,
+    # Installed before the loader's first pass, so its worker processes (forked then) inherit it: a terminal's
+    # Ctrl-C reaches them too, and they must keep serving batches until the checkpoint is written.
+    with _StopFlag() as stop:
+        for epoch in range(state["epoch"], config.epochs):
+            epoch_seed = config.seed * 1_000_003 + epoch
+            order = torch.randperm(samples, generator=torch.Generator().manual_seed(epoch_seed)).numpy()
+            batches = index_batches(order, global_batch, drop_last=True)
+            if world.enabled:  # this rank's share of each global batch
+                batches = [np.array_split(batch, world.world)[world.rank].tolist() for batch in batches]
+            first = state["step_in_epoch"] if epoch == state["epoch"] else 0
+            if first == 0:
+                rank_seed = epoch_seed + 7_919 * world.rank  # rank 0 (and one process) as before
+                torch.manual_seed(rank_seed)
+                augment_rng.manual_seed(rank_seed + 1)
+            sums = _EpochSums()
+            started = time.perf_counter()
+            plan.batches = batches[first:]
+            bar = progress_bar(len(batches) * global_batch, f"epoch {epoch + 1}/{config.epochs}",
+                               progress and world.is_main, initial=first * global_batch)
+            for step_in_epoch, (images, ok, indices, why, _) in enumerate(loader, start=first):
+                global_step = epoch * steps_per_epoch + step_in_epoch
+                reasons.update((int(i), reason) for i, reason, good in zip(indices, why, ok, strict=True) if not good)
+                too_few = _sync_unreadable(world, unreadable, indices[~ok].tolist(), int(ok.sum()) < 2, device)
+                if len(unreadable) > max_bad:
+                    raise _too_many_unreadable(source, unreadable, reasons, samples, config.max_bad_fraction)
+                if too_few:
+                    continue
+                x = augment(prepare_images(images[ok], device, channels_last), augment_rng, config.shift)
+                y = labels[indices[ok]].to(device, non_blocking=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * lr_factor(global_step, warmup_steps, total_steps)
+                margin = margin_at(global_step, margin_warmup, spec.margin)
+                with autocast(device, config.precision):
+                    embeddings = forward(x)
+                    out = head(embeddings, y, margin=margin, step=global_step) if sharded else \
+                        head(embeddings, y, margin=margin)
+                optimizer.zero_grad(set_to_none=True)
+                # DDP averages the backbone's gradients over ranks, but the global loss is the *sum* of
+                # the partial losses: scale by the world for the backbone, and undo it for the own shard.
+                scaler.scale(out.loss * world.world if world.enabled else out.loss).backward()
+                if world.enabled and head.weight.grad is not None:
+                    head.weight.grad.div_(world.world)
+                if world.enabled and scaler.is_enabled():
+                    _share_overflow(list(head.parameters()), world)
+                scaler.unscale_(optimizer)
+                if world.enabled:
+                    _clip_global(list(backbone.parameters()), list(head.parameters()), config.grad_clip, world)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                sums.add(out, len(out.correct))
+                bar.update(len(images) * world.world)
+                if not bar.disable and step_in_epoch % POSTFIX_EVERY == 0:  # .item() waits for the GPU
+                    bar.set_postfix(loss=f"{_reported_loss(out).item():.3f}", refresh=False)
+                if _any_rank(world, stop.requested, device):
+                    _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
+                                     epoch, step_in_epoch + 1, unreadable, history, world, global_batch)
+                    raise Interrupted(f"stopped by {stop.cause} in epoch {epoch + 1}/{config.epochs} after step "
+                                      f"{step_in_epoch + 1}/{steps_per_epoch}; checkpoint written to {run_dir}",
+                                      "run the same command with --resume to continue")
+            bar.close()
+            elapsed = time.perf_counter() - started
+            images_seen += sums.count
+            seconds += elapsed
+            last_step = (epoch + 1) * steps_per_epoch - 1
+            metrics = sums.summary(epoch + 1, elapsed, optimizer.param_groups[0]["lr"],
+                                   margin_at(last_step, margin_warmup, spec.margin), len(unreadable))
+            logger.info("epoch %d/%d loss %.4f accuracy %.3f mean angle %.1f° %.0f img/s",
+                        epoch + 1, config.epochs, metrics["loss"], metrics["accuracy"],
+                        metrics["mean_angle"], metrics["images_per_second"])
+            history.append(metrics)
+            _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
+                             epoch + 1, 0, unreadable, history, world, global_batch)
+            if world.is_main:  # after the checkpoint: a crash between the two loses no line and repeats none
+                _write_metrics(run_dir, history)
+    backbone.to(memory_format=torch.contiguous_format)
+    if sharded:
+        full_head = gather_rows(head.weight.detach(), _shard_rows(head, world), world.world)
+        if world.is_main:
+            atomic_save(model_payload(spec, backbone.cpu(), full_head.cpu()), run_dir / MODEL_FILE)
+        world.barrier()
+    else:
+        save_model(run_dir / MODEL_FILE, spec, backbone.cpu(), head.cpu())
+    return _result(run_dir, config, total_steps, len(spec.classes), samples, len(unreadable), history,
                    images_seen / seconds if seconds else 0.0)
 
 
@@ -253,10 +256,8 @@ class _EpochSums:
 
 
 def _result(run_dir: Path, config: TrainConfig, steps: int, classes: int, samples: int, unreadable: int,
-            metrics: dict[str, Any], speed: float) -> TrainResult:
-    if not metrics:  # resumed a finished run: read the last epoch back
-        lines = (run_dir / METRICS_FILE).read_text().splitlines() if (run_dir / METRICS_FILE).is_file() else []
-        metrics = json.loads(lines[-1]) if lines else {"loss": math.nan, "accuracy": 0.0, "mean_angle": 180.0}
+            history: list[dict[str, Any]], speed: float) -> TrainResult:
+    metrics = history[-1] if history else {"loss": math.nan, "accuracy": 0.0, "mean_angle": 180.0}
     separated = metrics["accuracy"] >= MIN_SEPARATED_ACCURACY and metrics["mean_angle"] <= MAX_SEPARATED_ANGLE
     warning = None if separated else (
         f"the model has not separated the classes (train accuracy {metrics['accuracy']:.2f}, mean angle to the "
@@ -268,9 +269,12 @@ def _result(run_dir: Path, config: TrainConfig, steps: int, classes: int, sample
 
 def _save_checkpoint(run_dir: Path, spec: ModelSpec, backbone: torch.nn.Module, head: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, augment_rng: torch.Generator,
-                     epoch: int, step_in_epoch: int, unreadable: set[int], world: Dist | None = None,
-                     global_batch: int | None = None) -> None:
-    """Write checkpoint.pt; a sharded head (and its momentum) is gathered whole, in class order, on rank 0."""
+                     epoch: int, step_in_epoch: int, unreadable: set[int], history: list[dict[str, Any]],
+                     world: Dist | None = None, global_batch: int | None = None) -> None:
+    """Write checkpoint.pt; a sharded head (and its momentum) is gathered whole, in class order, on rank 0.
+
+    ``history`` (the finished epochs' metrics) travels in the checkpoint, so metrics.jsonl can always be
+    rewritten to match it."""
     world = world or Dist()
     optimizer_state = optimizer.state_dict()
     rng = (torch.get_rng_state(), augment_rng.get_state())
@@ -295,7 +299,7 @@ def _save_checkpoint(run_dir: Path, spec: ModelSpec, backbone: torch.nn.Module, 
     else:
         payload = model_payload(spec, backbone, head.weight)
     payload.update(optimizer=optimizer_state, scaler=scaler.state_dict(), epoch=epoch,
-                   step_in_epoch=step_in_epoch, unreadable=sorted(unreadable),
+                   step_in_epoch=step_in_epoch, unreadable=sorted(unreadable), metrics=history,
                    torch_rng=rng[0], augment_rng=rng[1])
     if global_batch is not None:
         payload["global_batch"] = global_batch
@@ -342,7 +346,45 @@ def _load_checkpoint(path: Path, backbone: torch.nn.Module, head: torch.nn.Modul
     saved_batch = payload.get("global_batch", global_batch)
     if global_batch is not None and saved_batch and saved_batch != global_batch:
         step_in_epoch = step_in_epoch * saved_batch // global_batch  # resumed on another number of ranks
-    return {"epoch": payload["epoch"], "step_in_epoch": step_in_epoch, "unreadable": payload["unreadable"]}
+    history = payload.get("metrics")
+    if history is None:  # a checkpoint from before the history moved in: keep the file's finished epochs
+        history = [line for line in _read_metrics(path.parent) if line["epoch"] <= payload["epoch"]]
+    return {"epoch": payload["epoch"], "step_in_epoch": step_in_epoch, "unreadable": payload["unreadable"],
+            "metrics": history}
+
+
+def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's lines, the last one for each epoch (an older run may have repeated an epoch)."""
+    path = run_dir / METRICS_FILE
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return sorted({line["epoch"]: line for line in lines}.values(), key=lambda line: line["epoch"])
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl with one line per finished epoch, in order (atomically)."""
+    with atomic_output(run_dir / METRICS_FILE) as tmp:
+        tmp.write_text("".join(json.dumps(metrics) + "\n" for metrics in history))
+
+
+def _too_many_unreadable(source: Source, unreadable: set[int], reasons: dict[int, str], samples: int,
+                         fraction: float) -> TooManyBadSamples:
+    """The abort: how many samples are unreadable, naming the first few (with why, where this process saw it)."""
+    first = sorted(unreadable)[:NAMED_UNREADABLE]
+    table = source.table()
+    named = ", ".join(_sample_name(source, table, i) + (f" ({reasons[i]})" if reasons.get(i) else "")
+                      for i in first)
+    more = f" and {len(unreadable) - len(first)} more" if len(unreadable) > len(first) else ""
+    return TooManyBadSamples(f"{len(unreadable)} of {samples} samples are unreadable (more than --max-bad-fraction "
+                             f"{fraction}): {named}{more}",
+                             "fix or remove the broken files, or raise --max-bad-fraction")
+
+
+def _sample_name(source: Source, table: Any, index: int) -> str:
+    """Where sample ``index`` lives: its file, or its record in a RecordIO file."""
+    resolved_path = getattr(source, "resolved_path", None)
+    if resolved_path is not None:
+        return resolved_path(index)
+    return f"record {table['rec_index'].iloc[index]} of {getattr(source, 'rec_path', source.description)}"
 
 
 def _shard_rows(head: ShardedSubCenterArcFace, world: Dist) -> list[int]:
@@ -402,31 +444,26 @@ def _clip_global(backbone_params: list[torch.Tensor], head_params: list[torch.Te
             p.grad.mul_(coefficient.to(p.grad.dtype))
 
 
-def _file_log(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log = logging.getLogger("facecleaner")
-    log.addHandler(handler)
-    if log.level == logging.NOTSET or log.level > logging.INFO:
-        log.setLevel(logging.INFO)
-    return handler
-
-
 class _StopFlag:
-    """Context manager turning SIGTERM into a flag checked between steps (signals reach the main thread only)."""
+    """Context manager turning Ctrl-C (SIGINT) and SIGTERM into a flag checked between steps, so that either
+    ends training with a checkpoint (signals reach the main thread only)."""
+
+    SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.cause = "a signal to another process"  # under torchrun, the rank that got it says which
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.cause = self.SIGNALS[signum]
