@@ -113,7 +113,7 @@ def test_decode_resizes_to_requested_size() -> None:
 def test_decode_unreadable_bytes(data: bytes) -> None:
     with pytest.raises(UnreadableImage) as info:
         decode_image(data, SIZE)
-    assert str(info.value)
+    assert str(info.value) and "0x" not in str(info.value)  # no memory address: the same reason every run
 
 
 def test_decode_truncated_jpeg() -> None:

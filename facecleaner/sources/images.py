@@ -7,6 +7,7 @@ corrupt file is recorded in the manifest instead of ending a long run.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -44,7 +45,9 @@ def load_rgb(data: bytes, draft_size: int | None = None) -> tuple[Image.Image, t
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as exc:
-        raise UnreadableImage(f"cannot decode image: {exc}".splitlines()[0][:200]) from exc
+        # pillow names the in-memory buffer ("<_io.BytesIO object at 0x…>"): noise that differs run to run.
+        why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)).splitlines()[0] if str(exc) else ""
+        raise UnreadableImage(f"cannot decode image: {why or type(exc).__name__}"[:200]) from exc
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
