@@ -318,3 +318,21 @@ def test_prune_reads_a_scores_table_without_our_metadata(scores_file, tmp_path) 
             assert [list(c) for c in theirs.pop("nearest_counts")] == [list(c)[:1] for c in ours.pop("nearest_counts")]
         pd.testing.assert_frame_equal(ours, theirs, check_dtype=False)
     assert summary["kept"] == 5 and summary["classes_kept"] == 3
+
+
+def test_an_edited_clean_manifest_can_be_pruned_again(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file([0, 0, 1, 1, 2, 2], [10.0, 60.0, 30.0, 40.0, 50.0, 20.0], [True] * 6)
+    api.prune(scores, tmp_path / "clean.parquet")
+    edited = tmp_path / "edited.parquet"
+    pd.read_parquet(tmp_path / "clean.parquet").query("label != 'id0'").to_parquet(edited)  # drops our metadata
+    api.prune(edited, tmp_path / "stricter.parquet", angle=35)
+    stricter = pq.read_table(tmp_path / "stricter.parquet")
+    assert stricter.column_names.count("new_label") == 1  # decided afresh, not carried twice
+    assert stricter["sample_id"].to_pylist() == [2, 5] and stricter["new_label"].to_pylist() == [0, 1]
+    assert pq.read_table(tmp_path / "stricter.dropped.parquet").column_names.count("new_label") == 0
+
+
+def test_a_csv_scores_file_is_refused_with_a_fix(tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "scores.csv").write_text("class_index,label\n0,a\n")
+    with pytest.raises(InputError, match="prune reads scores as Parquet"):
+        api.prune(tmp_path / "scores.csv", tmp_path / "clean.parquet")

@@ -25,6 +25,8 @@ from facecleaner.errors import InputError
 from facecleaner.exports.folder import LINKS
 from facecleaner.exports.resolve import ExportInput, Tally
 from facecleaner.fileio import check_distinct
+from facecleaner.manifests.companions import check_companions
+from facecleaner.manifests.io import is_csv, parquet_info, sibling
 from facecleaner.progress import logger
 
 FORMATS = ("rec", "folder", "csv", "lst")
@@ -45,8 +47,6 @@ def export_manifest(manifest: str | Path, fmt: str, out: str | Path, link: str =
     ``skipped_examples``); if none can be exported it is an InputError. When the manifest's prune companions
     come from another prune run, a warning says so.
     """
-    from facecleaner.manifests.companions import check_companions
-
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}", "choose rec, folder, csv or lst")
     if link not in LINKS:
@@ -105,8 +105,6 @@ def _check_outputs(manifest: Path, fmt: str, out: Path, root: Path | None) -> No
 
 def _inputs(manifest: Path, root: Path | None) -> dict[str, Path | None]:
     """What an export reads, named as its error messages say them."""
-    from facecleaner.manifests.io import is_csv, parquet_info, sibling
-
     inputs: dict[str, Path | None] = {"manifest": manifest, "--root": root,
                                       "manifest's classes file": sibling(manifest, "classes"),
                                       "manifest's dropped file": sibling(manifest, "dropped")}

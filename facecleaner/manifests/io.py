@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -159,8 +158,11 @@ def read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
     return pq.read_table(path, columns=list(columns))
 
 
-def _read_csv(path: Path, **options: Any) -> pd.DataFrame:
-    """A CSV as text columns; an unreadable or malformed file is an InputError (pandas names the line)."""
+def _read_csv(path: Path, **options: Any) -> Any:
+    """A CSV as a DataFrame of text columns; an unreadable or malformed file is an InputError (pandas names the
+    line). pandas is imported here, not for every Parquet reader."""
+    import pandas as pd
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)  # rows longer than the header

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facecleaner.errors import InputError
-from facecleaner.manifests.io import read_columns, row_position, table_columns
-from facecleaner.manifests.schema import STATUS_OK
+from facecleaner.manifests.io import is_csv, read_columns, row_position, table_columns
+from facecleaner.manifests.schema import SCORE_FIELDS, STATUS_OK
 
 #: The scores columns prune decides from; every other column is streamed through untouched.
 DECISION_COLUMNS = ("class_index", "label", "status", "is_dominant", "angle", "nearest_subcenter",
@@ -102,15 +102,16 @@ def meta_count(meta: dict[str, Any], *keys: str) -> int | None:
 
 @dataclass
 class ScoreColumns:
-    """The decision columns of a scores table, validated; ``angle`` is NaN where it was null."""
+    """The decision columns of a scores table, validated, in the scores schema's types (int32 classes, int8
+    sub-centers, float32 angles: the copies stay as small as the file's own columns)."""
 
-    class_index: np.ndarray  # int64 (N,), in 0..num_classes-1
+    class_index: np.ndarray  # int32 (N,), in 0..num_classes-1
     labels: pa.Array
     readable: np.ndarray  # bool: status is "ok"
     is_dominant: np.ndarray  # bool, False where null
-    angle: np.ndarray  # float64
-    nearest: np.ndarray  # int64, in 0..subcenters-1 (0 where not readable)
-    dominant: np.ndarray  # int64, in 0..subcenters-1
+    angle: np.ndarray  # float32, NaN where null
+    nearest: np.ndarray  # int8, in 0..subcenters-1 (0 where not readable)
+    dominant: np.ndarray  # int8, in 0..subcenters-1
     num_classes: int
     subcenters: int
 
@@ -119,11 +120,15 @@ def read_scores(path: Path) -> tuple[ScoreColumns, dict[str, Any]]:
     """The decision columns of a scores table, ours or edited (then class and sub-center counts come from
     the data), with the metadata (``{}`` without ours); InputError at the first thing that is not right."""
     path = Path(path)
+    if is_csv(path):  # prune streams the rows through: it needs the column types a Parquet file keeps
+        raise InputError(f"{path} is a CSV file; prune reads scores as Parquet",
+                         "write it as Parquet, e.g. pandas.read_csv(path).to_parquet('scores.parquet')")
     names, meta = table_columns(path, "scores")
     require_columns(path, names, DECISION_COLUMNS,
                     f"give a scores manifest written by `facecleaner score` (prune needs the columns "
                     f"{', '.join(DECISION_COLUMNS)})")
     table = read_columns(path, DECISION_COLUMNS)
+    types = {f.name: f.type for f in SCORE_FIELDS}
     status = as_type(path, "status", table["status"], pa.string())
     require_values(path, "status", status)
     readable = pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False)
@@ -131,7 +136,7 @@ def read_scores(path: Path) -> tuple[ScoreColumns, dict[str, Any]]:
     require_values(path, "label", labels)
     integers = {}
     for name in ("class_index", "nearest_subcenter", "dominant_subcenter"):
-        array = as_type(path, name, table[name], pa.int64())
+        array = as_type(path, name, table[name], types[name])
         require_values(path, name, array, readable if name == "nearest_subcenter" else None,
                        ", whose status is ok" if name == "nearest_subcenter" else "")
         integers[name] = pc.fill_null(array, 0).to_numpy()
@@ -142,8 +147,8 @@ def read_scores(path: Path) -> tuple[ScoreColumns, dict[str, Any]]:
     for name in ("nearest_subcenter", "dominant_subcenter"):
         require_range(path, name, integers[name], subcenters,
                       f" (the model's {subcenters} sub-centers)" if subcenters else "")
-    angle = as_type(path, "angle", table["angle"], pa.float64())
-    is_dominant = as_type(path, "is_dominant", table["is_dominant"], pa.bool_())
+    angle = as_type(path, "angle", table["angle"], types["angle"])
+    is_dominant = as_type(path, "is_dominant", table["is_dominant"], types["is_dominant"])
     class_index = integers["class_index"]
     return ScoreColumns(
         class_index=class_index, labels=labels, readable=readable,
