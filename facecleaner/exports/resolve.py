@@ -95,6 +95,9 @@ class ExportInput:
     def __init__(self, manifest: Path, label_column: str, root: Path | None = None) -> None:
         self.manifest = Path(manifest)
         self.label_column = label_column
+        if root is not None and not Path(root).exists():
+            raise InputError(f"--root {root} does not exist",
+                             "give the folder relative paths start from, or the train.rec of RecordIO rows")
         names, self.meta = table_columns(self.manifest, "clean")
         require_columns(self.manifest, names, ["path"],
                         "export needs a 'path' column (image files; relative paths start from the manifest's "
@@ -110,17 +113,14 @@ class ExportInput:
         paths = as_type(self.manifest, "path", table["path"], pa.string())
         indices = (as_type(self.manifest, "rec_index", table["rec_index"], pa.int64()) if has_index
                    else pa.nulls(table.num_rows, pa.int64()))
-        self.table = pa.table({"path": paths, "rec_index": indices, label_column: labels})
-        is_record = paths.is_null().to_numpy(zero_copy_only=False)
-        orphan = np.flatnonzero(is_record & indices.is_null().to_numpy(zero_copy_only=False))
+        self.table = pa.table({"path": paths, "rec_index": indices, label_column: labels}).combine_chunks()
+        is_record = pc.is_null(self.table["path"]).to_numpy(zero_copy_only=False)
+        orphan = np.flatnonzero(is_record & pc.is_null(self.table["rec_index"]).to_numpy(zero_copy_only=False))
         if orphan.size:
             raise InputError(f"{self.manifest} has neither a path nor a rec_index on {self.position(int(orphan[0]))} "
                              f"({orphan.size} such rows)", "give every row the image file it stands for")
         self.record_rows = int(is_record.sum())
         input_root = self.meta.get("input_root") if isinstance(self.meta.get("input_root"), str) else None
-        if root is not None and not Path(root).exists():
-            raise InputError(f"--root {root} does not exist",
-                             "give the folder relative paths start from, or the train.rec of RecordIO rows")
         folders = [p for p in (root, input_root) if p is not None and Path(p).is_dir()]
         self.file_root = os.path.abspath(folders[0] if folders else self.manifest.parent)
         self.recordio = None
@@ -129,14 +129,12 @@ class ExportInput:
             recs = [Path(p) for p in (root, input_root) if p is not None and Path(p).is_file()]
             self._open_recordio(recs[0] if recs else None, input_root, is_record)
 
-    def _label_array(self, column: pa.ChunkedArray) -> pa.Array:
+    def _label_array(self, column: pa.ChunkedArray) -> pa.ChunkedArray:
         """The label column as int64 or text, without nulls; a CSV's canonical integers become int64, and so
         do the whole floats an integer column turns into when pandas meets a null."""
         labels = plain(column)
-        if pa.types.is_floating(labels.type):
+        if pa.types.is_floating(labels.type) or pa.types.is_integer(labels.type):
             labels = as_type(self.manifest, self.label_column, labels, pa.int64())
-        elif pa.types.is_integer(labels.type):
-            labels = labels.cast(pa.int64())
         else:
             labels = as_type(self.manifest, self.label_column, labels, pa.string())
             if is_csv(self.manifest) and pc.all(pc.match_substring_regex(labels, CANONICAL_INTEGER)).as_py():

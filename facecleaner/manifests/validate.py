@@ -34,15 +34,15 @@ def require_columns(path: Path, names: Sequence[str], wanted: Sequence[str], fix
         raise InputError(f"{path} has no column {', '.join(repr(c) for c in missing)}", fix)
 
 
-def plain(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """One contiguous array, dictionary-encoded columns (pandas categoricals) decoded."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_dictionary(array.type):
-        array = array.dictionary_decode()
-    return array
+def plain(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The column with dictionary encoding (pandas categoricals) decoded; chunks stay as they are, uncopied."""
+    if pa.types.is_dictionary(column.type):
+        return pc.cast(column, column.type.value_type)
+    return column
 
 
-def as_type(path: Path, name: str, column: pa.Array | pa.ChunkedArray, type_: pa.DataType) -> pa.Array:
+def as_type(path: Path, name: str, column: pa.Array | pa.ChunkedArray,
+            type_: pa.DataType) -> pa.Array | pa.ChunkedArray:
     """``column`` cast to ``type_`` without losing anything; InputError naming the first value that does not fit."""
     array = plain(column)
     if array.type == type_:
@@ -72,7 +72,7 @@ def first(mask: np.ndarray) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def require_values(path: Path, name: str, array: pa.Array, where: np.ndarray | None = None,
+def require_values(path: Path, name: str, array: pa.Array | pa.ChunkedArray, where: np.ndarray | None = None,
                    why: str = "") -> None:
     """InputError at the first null of ``array`` (among the rows ``where`` selects, when given)."""
     if not array.null_count:
@@ -106,7 +106,7 @@ class ScoreColumns:
     sub-centers, float32 angles: the copies stay as small as the file's own columns)."""
 
     class_index: np.ndarray  # int32 (N,), in 0..num_classes-1
-    labels: pa.Array
+    labels: pa.Array | pa.ChunkedArray
     readable: np.ndarray  # bool: status is "ok"
     is_dominant: np.ndarray  # bool, False where null
     angle: np.ndarray  # float32, NaN where null
