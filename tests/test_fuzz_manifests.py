@@ -35,6 +35,12 @@ def number(value: object) -> float:
         return float(len(str(value)))
 
 
+def whole(value: object) -> int:
+    """Some integer for any value (0 for NaN and infinities)."""
+    as_number = number(value)
+    return int(as_number) if math.isfinite(as_number) else 0
+
+
 def mutate(table: pa.Table, column: str, op: str, row: int) -> pa.Table:
     """``table`` with one edit a user (or a tool) might have made to ``column``."""
     if column not in table.column_names:
@@ -45,8 +51,7 @@ def mutate(table: pa.Table, column: str, op: str, row: int) -> pa.Table:
         return table.rename_columns([f"{name}_renamed" if name == column else name for name in table.column_names])
     values = table[column].to_pylist()
     row %= len(values)
-    kept = {"text": lambda v: str(v), "float": number, "int": lambda v: int(number(v)) if math.isfinite(number(v))
-            else 0, "bool": bool}
+    kept = {"text": str, "float": number, "int": whole, "bool": bool}
     if op in kept:
         array = pa.array([None if v is None else kept[op](v) for v in values])
     elif op == "null-fill":
@@ -55,7 +60,7 @@ def mutate(table: pa.Table, column: str, op: str, row: int) -> pa.Table:
         array = pa.array([float("nan") if i == row else (None if v is None else number(v))
                           for i, v in enumerate(values)], pa.float64())
     else:
-        values[row] = None if op == "one null" else (-1 if op == "negative" else int(number(values[row])) + 100)
+        values[row] = None if op == "one null" else (-1 if op == "negative" else whole(values[row]) + 100)
         try:
             array = pa.array(values, table[column].type)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
