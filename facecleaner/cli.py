@@ -315,9 +315,9 @@ def export(manifest: Path, fmt: str, out: Path, link: str, label_column: str, ro
 
     MANIFEST is a clean manifest written by prune, or any Parquet or CSV with a path column and the
     label column (say, a clean manifest filtered with pandas or duckdb). rec writes train.rec, train.idx
-    and property in the layout insightface's arcface_torch reads (JPEG bytes copied unchanged, other
-    images re-encoded); folder builds an ImageFolder tree with sanitised label names that never escape
-    OUT. Exports are atomic; OUT may not be, or hold, the manifest or its companions.
+    and property in the layout insightface's arcface_torch reads (JPEG bytes copied unchanged where they
+    fit, other images re-encoded); folder builds an ImageFolder tree with sanitised label names that never
+    escape OUT. Exports are atomic; OUT may not be, or hold, the manifest or its companions.
 
     \b
     Example:
