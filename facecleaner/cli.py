@@ -244,25 +244,29 @@ def score(run_dir: Path, data: Path, out: Path, batch_size: int, device: str, pr
 
 @main.command()
 @click.argument("scores", type=PATH)
-@click.option("--angle", type=float, default=75.0, show_default=True,
+@click.option("--angle", type=click.FloatRange(0, 180, min_open=True, max_open=True), default=75.0, show_default=True,
               help="Drop samples more than this many degrees from their class's dominant sub-center.")
 @click.option("--out", type=PATH, required=True, help="The clean manifest to write (.parquet).")
 @click.option("--dropped", type=PATH, default=None, help="The dropped manifest [default: OUT's stem + .dropped].")
 @click.option("--drop-non-dominant", is_flag=True,
               help="Also drop samples nearest a non-dominant sub-center even within the angle.")
-@click.option("--min-images", type=int, default=1, show_default=True,
+@click.option("--min-images", type=click.IntRange(min=1), default=1, show_default=True,
               help="Drop classes left with fewer kept images than this.")
-@click.option("--max-drop-fraction", type=float, default=0.5, show_default=True,
+@click.option("--max-drop-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Refuse to drop more than this share of the samples (unless --force).")
 @click.option("--force", is_flag=True, help="Drop even past --max-drop-fraction.")
+@quiet_option
 @json_option
 def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_dominant: bool, min_images: int,
-          max_drop_fraction: float, force: bool, as_json: bool) -> None:
+          max_drop_fraction: float, force: bool, quiet: bool, as_json: bool) -> None:
     """Keep the clean core of each identity; write clean and dropped manifests.
 
     The paper's rule: drop every sample over --angle degrees from its class's dominant sub-center
-    (a sample exactly at the threshold is kept). The clean manifest adds new_label (contiguous
-    0..C'-1), the dropped one adds reason (unreadable, non_dominant, angle, small_class).
+    (a sample exactly at the threshold is kept, one whose angle is not a number is dropped). The clean
+    manifest adds new_label (contiguous 0..C'-1), the dropped one adds reason (unreadable, non_dominant,
+    angle, small_class); OUT's .classes.parquet holds the per-class counts. The three files are published
+    together. SCORES may also be a scores table edited with pandas or duckdb (without facecleaner's
+    metadata) that still has the decision columns.
 
     \b
     Example:
@@ -270,6 +274,7 @@ def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_
     """
     from facecleaner import api
 
+    _setup_logging(quiet)
     summary = _run(api.prune)(scores, out, angle=angle, dropped=dropped, drop_non_dominant=drop_non_dominant,
                               min_images=min_images, max_drop_fraction=max_drop_fraction, force=force)
     reasons = ", ".join(f"{name} {count}" for name, count in summary["by_reason"].items() if count)
@@ -326,25 +331,34 @@ def demo(out: Path, identities: int, images_per_identity: int, epochs: int, lr: 
 @click.option("--out", type=PATH, required=True, help="Destination folder (rec, folder) or file (csv, lst).")
 @click.option("--link", type=click.Choice(["hardlink", "symlink", "copy"]), default="hardlink", show_default=True,
               help="How folder exports place images (hardlinks fall back to copies across filesystems).")
-@click.option("--label-column", type=click.Choice(["new_label", "label"]), default="new_label", show_default=True,
-              help="Which label to write: the contiguous new_label or the input's original label.")
+@click.option("--label-column", default="new_label", show_default=True,
+              help="The column holding each row's class: new_label (contiguous 0..C-1), label (the input's "
+                   "identity) or any column of an edited manifest.")
+@click.option("--root", type=PATH, default=None,
+              help="Where relative paths start [default: the input folder in the manifest's metadata, else the "
+                   "manifest's folder]; for RecordIO rows of an edited manifest, the train.rec they come from.")
 @quiet_option
 @json_option
-def export(manifest: Path, fmt: str, out: Path, link: str, label_column: str, quiet: bool, as_json: bool) -> None:
+def export(manifest: Path, fmt: str, out: Path, link: str, label_column: str, root: Path | None, quiet: bool,
+           as_json: bool) -> None:
     """Export a clean manifest for another trainer.
 
-    rec writes train.rec, train.idx and property in the layout insightface's arcface_torch reads (JPEG
-    bytes copied unchanged, other images re-encoded); folder builds an ImageFolder tree with sanitised
-    label names that never escape OUT. Exports are atomic.
+    MANIFEST is a clean manifest written by prune, or any Parquet or CSV with a path column and the
+    label column (say, a clean manifest filtered with pandas or duckdb). rec writes train.rec, train.idx
+    and property in the layout insightface's arcface_torch reads (JPEG bytes copied unchanged where they
+    fit, other images re-encoded); folder builds an ImageFolder tree with sanitised label names that never
+    escape OUT. Exports are atomic; OUT may not be, or hold, the manifest or its companions.
 
     \b
     Example:
       facecleaner export clean.parquet --format rec --out clean_rec/
+      facecleaner export edited.csv --format folder --out faces/ --label-column label --root /data/faces
     """
     from facecleaner import api
 
     _setup_logging(quiet)
-    summary = _run(api.export)(manifest, fmt, out, link=link, label_column=label_column, progress=not quiet)
+    summary = _run(api.export)(manifest, fmt, out, link=link, label_column=label_column, progress=not quiet,
+                               root=root)
     skipped = f", {summary['skipped']} skipped" if summary["skipped"] else ""
     _emit(summary, as_json, [f"{fmt}: {summary['dest']} ({summary['written']} images, {summary['classes']} "
                              f"classes{skipped})"])

@@ -244,6 +244,12 @@ def recover_outputs(paths: Iterable[str | Path]) -> list[dict]:
     return done
 
 
+def row_position(path: str | Path, row: int) -> str:
+    """Where data row ``row`` (0-based) of a table file is, as a person finds it: a CSV's file line (its header
+    is line 1), else the row counted from 1."""
+    return f"line {row + 2}" if Path(path).suffix.lower() == ".csv" else f"row {row + 1}"
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if os.path.realpath(a) == os.path.realpath(b):
         return True

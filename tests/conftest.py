@@ -13,8 +13,12 @@ from facecleaner.manifests.schema import scores_schema
 
 
 def write_scores(path: Path, class_index: list[int], angle: list[float | None], is_dominant: list[bool | None],
-                 status: list[str] | None = None, labels: list | None = None, subcenters: int = 3) -> Path:
-    """A scores manifest with the given decision columns; the other geometry columns are plausible filler."""
+                 status: list[str] | None = None, labels: list | None = None, subcenters: int = 3,
+                 paths: list[str | None] | None = None, rec_index: list[int | None] | None = None,
+                 **meta: object) -> Path:
+    """A scores manifest with the given decision columns; the other geometry columns are plausible filler.
+
+    ``paths`` default to ``img/<row>.jpg``; ``meta`` adds metadata fields (``input_root=…``)."""
     n = len(class_index)
     status = status or ["ok"] * n
     labels = labels if labels is not None else [f"id{c}" for c in class_index]
@@ -24,8 +28,8 @@ def write_scores(path: Path, class_index: list[int], angle: list[float | None], 
     nearest = [None if not good else (0 if dom else 1) for good, dom in zip(ok, is_dominant, strict=True)]
     columns = {
         "sample_id": pa.array(np.arange(n, dtype=np.int64)),
-        "path": pa.array([f"img/{i}.jpg" for i in range(n)]),
-        "rec_index": pa.nulls(n, pa.int64()),
+        "path": pa.array(paths if paths is not None else [f"img/{i}.jpg" for i in range(n)], pa.string()),
+        "rec_index": pa.array(rec_index if rec_index is not None else [None] * n, pa.int64()),
         "label": pa.array(labels, type=label_type),
         "class_index": pa.array(class_index, type=pa.int32()),
         "nearest_subcenter": pa.array(nearest, type=pa.int8()),
@@ -39,7 +43,7 @@ def write_scores(path: Path, class_index: list[int], angle: list[float | None], 
     }
     table = pa.Table.from_arrays(list(columns.values()), schema=scores_schema(label_type))
     meta = manifest_metadata("scores", model={"subcenters": subcenters, "margin": 0.5, "scale": 64.0,
-                                              "backbone": "tiny"}, num_classes=max(class_index) + 1)
+                                              "backbone": "tiny"}, num_classes=max(class_index) + 1, **meta)
     write_manifest(path, table, meta)
     return path
 

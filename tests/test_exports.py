@@ -394,7 +394,7 @@ def test_inputs_are_checked(clean: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--link"):
         export_manifest(clean, "folder", tmp_path / "x", link="move", progress=False)
     with pytest.raises(InputError, match="--label-column"):
-        export_manifest(clean, "csv", tmp_path / "x.csv", label_column="class_index", progress=False)
+        export_manifest(clean, "csv", tmp_path / "x.csv", label_column="no_such_column", progress=False)
     with pytest.raises(InputError, match="is the manifest"):
         export_manifest(clean, "csv", clean, progress=False)
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.csv").exists()

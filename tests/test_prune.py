@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cli import assert_error, assert_ok, invoke
 
 from facecleaner import api
 from facecleaner.errors import InputError, PruneRefused
 from facecleaner.jobs import prune as prune_job
+from facecleaner.manifests.companions import check_companions
+from facecleaner.manifests.io import read_metadata
 from facecleaner.manifests.schema import REASONS
 from facecleaner.pruning.evaluate import kept_detection_metrics
 from facecleaner.pruning.rules import KEPT, decide
@@ -110,8 +122,8 @@ def test_angle_outside_open_interval_is_refused(scores_file, tmp_path, angle) ->
 
 def test_prune_rejects_files_that_are_not_scores(tmp_path, scores_file) -> None:  # noqa: ANN001
     foreign = tmp_path / "foreign.parquet"
-    pd.DataFrame({"path": ["a"], "label": [1]}).to_parquet(foreign)
-    with pytest.raises(InputError, match="not a facecleaner manifest"):
+    pd.DataFrame({"path": ["a"], "label": [1]}).to_parquet(foreign)  # no metadata: judged by its columns
+    with pytest.raises(InputError, match="has no column 'class_index', 'status', .*'dominant_subcenter'"):
         api.prune(foreign, tmp_path / "clean.parquet")
     scores = scores_file([0, 1], [10, 20], [True, True])
     api.prune(scores, tmp_path / "clean.parquet")
@@ -144,3 +156,184 @@ def test_detection_metrics_of_a_clean_manifest_by_hand() -> None:
     figures = kept_detection_metrics(np.array([1, 2, 3]), is_noise)  # rows 0 and 4 dropped: one hit, one miss
     assert figures == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "clean_kept": pytest.approx(2 / 3),
                        "dropped": 2, "noise": 2}
+
+
+# --- issue #9: non-finite angles, option ranges, outputs that are inputs, one commit for three files ----------
+
+def test_non_finite_angles_of_readable_rows_are_dropped_as_angle() -> None:
+    classes = np.zeros(6, dtype=np.int64)
+    readable = np.array([True, True, True, True, True, False])
+    angle = np.array([10.0, np.nan, np.inf, -np.inf, 75.0, np.nan])
+    d = decide(classes, readable, np.ones(6, dtype=bool), angle, 1, threshold=75.0)
+    assert [REASONS[r] if r != KEPT else "kept" for r in d.reason] == [
+        "kept", "angle", "angle", "angle", "kept", "unreadable"]
+
+
+def test_api_prune_drops_nan_and_null_angles_of_readable_rows(scores_file, tmp_path) -> None:  # noqa: ANN001
+    path = scores_file([0, 0, 0, 1, 1, 1], [10.0, float("nan"), 20.0, float("inf"), 30.0, 40.0], [True] * 6)
+    table = pq.read_table(path)
+    angles = table["angle"].to_pylist()
+    angles[5] = None  # an ok row whose angle a pandas round trip turned into a null
+    pq.write_table(table.set_column(table.schema.get_field_index("angle"), "angle",
+                                    pa.array(angles, pa.float32())), path)
+    summary = api.prune(path, tmp_path / "clean.parquet")
+    dropped = pd.read_parquet(tmp_path / "clean.dropped.parquet")
+    assert dropped.sample_id.tolist() == [1, 3, 5] and dropped.reason.tolist() == ["angle"] * 3
+    assert summary["by_reason"]["angle"] == 3
+
+
+RANGES = [("--angle", "0", "0<x<180"), ("--angle", "180", "0<x<180"), ("--angle", "200", "0<x<180"),
+          ("--angle", "-1", "0<x<180"), ("--min-images", "0", "x>=1"), ("--max-drop-fraction", "1.5", "0<=x<=1"),
+          ("--max-drop-fraction", "-0.1", "0<=x<=1")]
+
+
+@pytest.mark.parametrize(("option", "value", "shown"), RANGES)
+def test_out_of_range_options_are_usage_errors_and_help_shows_the_range(scores_file, tmp_path, option, value,
+                                                                        shown) -> None:  # noqa: ANN001
+    scores = scores_file([0, 0, 1, 1], [10.0, 20.0, 30.0, 40.0], [True] * 4)
+    result = invoke("prune", scores, "--out", tmp_path / "clean.parquet", option, value)
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert f"Invalid value for '{option}'" in result.stderr and shown in result.stderr
+    assert list(tmp_path.iterdir()) == [scores]
+    help_text = " ".join(invoke("prune", "--help").stdout.split())
+    assert shown in help_text
+
+
+def test_api_keeps_raising_input_errors_for_out_of_range_values(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file([0, 1], [10.0, 20.0], [True, True])
+    for kwargs, fragment in (({"min_images": 0}, "--min-images"), ({"max_drop_fraction": 2.0}, "--max-drop-fraction"),
+                             ({"angle": float("nan")}, "--angle")):
+        with pytest.raises(InputError, match=fragment):
+            api.prune(scores, tmp_path / "clean.parquet", **kwargs)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_outputs_that_are_inputs_or_each_other_are_refused_before_any_work(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file([0, 0, 1, 1], [10.0, 20.0, 30.0, 40.0], [True] * 4, name="s.parquet")
+    classes = tmp_path / "s.classes.parquet"
+    classes.write_bytes(b"the scores' per-class table")
+    (tmp_path / "link.parquet").symlink_to(scores)
+    before = {p.name: sha(p) for p in tmp_path.iterdir()}
+    c = str(tmp_path / "c.parquet")
+    cases = [
+        (["--out", scores], "--out", "is the scores input"),
+        (["--out", tmp_path / "link.parquet"], "--out", "is the scores input"),
+        (["--out", c, "--dropped", c], "--dropped", "same file"),
+        (["--out", c, "--dropped", scores], "--dropped", "is the scores input"),
+        (["--out", classes], "--out", "is the scores input's classes file"),
+        (["--out", tmp_path / "s.x.parquet", "--dropped", tmp_path / "s.x.classes.parquet"], "--dropped",
+         "same file"),
+        (["--out", tmp_path / "sub" / ".." / "s.parquet"], "--out", "is the scores input"),
+    ]
+    for args, option, fragment in cases:
+        line = assert_error(invoke("prune", scores, *args, "--force"), option, fragment)
+        assert "facecleaner bug" not in line
+        assert {p.name: sha(p) for p in tmp_path.iterdir() if p.is_file()} == before, args
+    assert not (tmp_path / "sub").exists()
+
+
+def test_files_of_one_prune_share_a_run_id_and_record_their_rows(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file([0, 0, 0, 1, 1, 2], [10.0, 80.0, 20.0, 30.0, 40.0, 50.0], [True] * 6)
+    out, dropped = tmp_path / "clean.parquet", tmp_path / "elsewhere" / "d.parquet"
+    api.prune(scores, out, dropped=dropped)
+    paths = {"clean": out, "dropped": dropped, "classes": tmp_path / "clean.classes.parquet"}
+    metas = {role: read_metadata(path) for role, path in paths.items()}
+    run_ids = {meta["run_id"] for meta in metas.values()}
+    assert len(run_ids) == 1 and re.fullmatch("[0-9a-f]{32}", run_ids.pop())
+    rows = {role: pq.ParquetFile(path).metadata.num_rows for role, path in paths.items()}
+    assert rows == {"clean": 5, "dropped": 1, "classes": 3}
+    for role, meta in metas.items():
+        assert meta["kind"] == role and meta["rows"] == rows[role]
+        companions = meta["companions"]
+        assert {name: entry["rows"] for name, entry in companions.items()} == rows
+        for name, entry in companions.items():  # each path is relative to the file that records it
+            assert (paths[role].parent / entry["path"]).resolve() == paths[name].resolve()
+
+
+PRUNE_FAULT_CHILD = ["-m", "facecleaner", "prune", "-q", "--force"]
+
+
+def test_a_prune_killed_between_its_renames_is_reported_by_export_and_completed_by_the_next_prune(
+        scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file(list(range(5)) * 2, [10.0 * i for i in range(10)], [True] * 10)
+    (tmp_path / "img").mkdir()
+    for i in range(10):  # the images the manifest lists (relative to its folder): a csv export checks they exist
+        (tmp_path / "img" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff")
+    out = tmp_path / "clean.parquet"
+    api.prune(scores, out, angle=179)  # a first, complete run: 10 kept, 0 dropped
+    env = {**os.environ, "FACECLEANER_FAULT": "between renames"}
+    child = subprocess.run([sys.executable, *PRUNE_FAULT_CHILD, str(scores), "--out", str(out), "--angle", "45"],
+                           env=env, capture_output=True, text=True)
+    assert child.returncode == 137, child.stderr
+    # The clean manifest is the new run's; the dropped one (and the classes table) still the first run's.
+    assert pq.ParquetFile(out).metadata.num_rows == 5
+    assert pq.ParquetFile(tmp_path / "clean.dropped.parquet").metadata.num_rows == 0
+    problems = check_companions(out)
+    assert not problems.edited and len(problems.mixed) == 2
+    # (the list goes to another folder: a command completes the dead commits it finds beside its own outputs)
+    exported = invoke("export", out, "--format", "csv", "--out", tmp_path / "lists" / "list.csv")
+    assert_ok(exported)
+    warning = [line for line in exported.stderr.splitlines() if "rerun prune" in line]
+    assert len(warning) == 1 and str(out) in warning[0] and str(tmp_path / "clean.dropped.parquet") in warning[0]
+    # The next prune first completes the dead commit (and says so), then writes its own matching set.
+    again = invoke("prune", scores, "--out", out, "--angle", "45", "--force")
+    assert_ok(again)
+    assert "completed an interrupted prune" in again.stderr
+    assert not list(tmp_path.glob(".*"))
+    assert check_companions(out).mixed == [] and check_companions(tmp_path / "clean.dropped.parquet").mixed == []
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in (out, tmp_path / "clean.dropped.parquet")) == 10
+    exported = invoke("export", out, "--format", "csv", "--out", tmp_path / "lists" / "list2.csv")
+    assert_ok(exported)
+    assert "rerun prune" not in exported.stderr
+
+
+def test_a_dead_commit_is_completed_even_when_nothing_else_changes(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file(list(range(3)) * 2, [10.0 * i for i in range(6)], [True] * 6)
+    out = tmp_path / "clean.parquet"
+    env = {**os.environ, "FACECLEANER_FAULT": "journal written"}
+    child = subprocess.run([sys.executable, *PRUNE_FAULT_CHILD, str(scores), "--out", str(out)], env=env,
+                           capture_output=True, text=True)
+    assert child.returncode == 137, child.stderr
+    assert not out.exists()
+    summary = api.prune(scores, out)
+    assert summary["recovered"] and all(check_companions(p).mixed == [] for p in (
+        out, tmp_path / "clean.dropped.parquet", tmp_path / "clean.classes.parquet"))
+
+
+def test_prune_reads_a_scores_table_without_our_metadata(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file([0, 0, 0, 1, 1, 2, 2], [10.0, 80.0, 20.0, 30.0, 40.0, 50.0, 95.0], [True] * 7,
+                         labels=[7, 7, 7, 3, 3, 9, 9])
+    api.prune(scores, tmp_path / "ours.parquet")
+    plain = tmp_path / "plain.parquet"
+    frame = pd.read_parquet(scores)
+    frame.to_parquet(plain)  # pandas: our metadata is gone
+    summary = api.prune(plain, tmp_path / "theirs.parquet")
+    assert read_metadata(tmp_path / "theirs.parquet")["kind"] == "clean"
+    for suffix in ("", ".dropped", ".classes"):
+        ours = pd.read_parquet(tmp_path / f"ours{suffix}.parquet")
+        theirs = pd.read_parquet(tmp_path / f"theirs{suffix}.parquet")
+        if suffix == ".classes":  # K comes from the data now: every sample is nearest sub-center 0
+            assert [list(c) for c in theirs.pop("nearest_counts")] == [list(c)[:1] for c in ours.pop("nearest_counts")]
+        pd.testing.assert_frame_equal(ours, theirs, check_dtype=False)
+    assert summary["kept"] == 5 and summary["classes_kept"] == 3
+
+
+def test_an_edited_clean_manifest_can_be_pruned_again(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file([0, 0, 1, 1, 2, 2], [10.0, 60.0, 30.0, 40.0, 50.0, 20.0], [True] * 6)
+    api.prune(scores, tmp_path / "clean.parquet")
+    edited = tmp_path / "edited.parquet"
+    pd.read_parquet(tmp_path / "clean.parquet").query("label != 'id0'").to_parquet(edited)  # drops our metadata
+    api.prune(edited, tmp_path / "stricter.parquet", angle=35)
+    stricter = pq.read_table(tmp_path / "stricter.parquet")
+    assert stricter.column_names.count("new_label") == 1  # decided afresh, not carried twice
+    assert stricter["sample_id"].to_pylist() == [2, 5] and stricter["new_label"].to_pylist() == [0, 1]
+    assert pq.read_table(tmp_path / "stricter.dropped.parquet").column_names.count("new_label") == 0
+
+
+def test_a_csv_scores_file_is_refused_with_a_fix(tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "scores.csv").write_text("class_index,label\n0,a\n")
+    with pytest.raises(InputError, match="prune reads scores as Parquet"):
+        api.prune(tmp_path / "scores.csv", tmp_path / "clean.parquet")

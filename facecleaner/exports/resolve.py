@@ -1,9 +1,11 @@
-"""What every export shares: the clean manifest read and checked, each row's image found, skips counted.
+"""What every export shares: the manifest read and checked, each row's image found, skips counted.
 
-A row is an image file (``path``: absolute, or relative to the metadata's ``input_root`` when that is a
-folder, else to the manifest's folder) or a record of a RecordIO pair (``path`` null, ``rec_index`` set,
-``input_root`` = the source ``train.rec``). Rows whose image cannot be read are counted by reason, never fatal
-unless no row at all can be exported.
+The manifest is a clean manifest written by ``prune`` or any Parquet or CSV table with a ``path`` column and
+the label column (users filter and join manifests with pandas or duckdb, which drop our metadata). A row is
+an image file (``path``: absolute, or relative to ``--root``, else to the metadata's ``input_root`` when that
+is a folder, else to the manifest's folder) or a record of a RecordIO pair (``path`` null, ``rec_index`` set;
+the source ``train.rec`` is ``--root`` or the metadata's ``input_root``). Rows whose image cannot be read are
+counted by reason, never fatal unless no row at all can be exported.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from facecleaner.errors import InputError
-from facecleaner.manifests.io import read_manifest
-from facecleaner.manifests.schema import NEW_LABEL
+from facecleaner.fileio import row_position
+from facecleaner.manifests.io import is_csv, read_columns, table_columns
+from facecleaner.manifests.validate import as_type, first, plain, require_columns
 
-LABEL_COLUMNS = (NEW_LABEL.name, "label")
 #: Rows converted to Python objects at a time (keeps memory flat on manifests of millions of rows).
 BATCH_ROWS = 1 << 16
 #: Skip messages kept for the summary.
 MAX_EXAMPLES = 5
+#: Text that is an integer written the one canonical way ("7", "-3"; not "07" or "+7"), so that two distinct
+#: labels never become one number.
+CANONICAL_INTEGER = r"^(0|-?[1-9][0-9]{0,17})$"
 
 
 class Sample(NamedTuple):
@@ -69,9 +73,11 @@ class Tally:
         """InputError when nothing could be exported (the caller then removes what it started)."""
         if self.written == 0:
             reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
-            first = f"; first: {self.examples[0]}" if self.examples else ""
-            raise InputError(f"none of the {self.rows} images of {manifest} could be exported ({reasons}{first})",
-                             "check that the images (or the train.rec) the manifest points to are still in place")
+            example = f"; first: {self.examples[0]}" if self.examples else ""
+            raise InputError(f"none of the {self.rows} images of {manifest} could be exported ({reasons}{example})",
+                             "check that the images (or the train.rec) the manifest points to are still in place; "
+                             "relative paths start from --root if given, else the input folder in the "
+                             "manifest's metadata, else the manifest's folder")
 
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows, "written": self.written, "classes": len(self.labels),
@@ -80,41 +86,70 @@ class Tally:
 
 
 class ExportInput:
-    """A clean manifest opened for export; ``close()`` releases the RecordIO handle, if any."""
+    """A manifest opened for export; ``close()`` releases the RecordIO handle, if any.
 
-    def __init__(self, manifest: Path, label_column: str) -> None:
+    ``meta`` is the manifest's facecleaner metadata, ``{}`` for a table without it; ``labels`` is the label
+    column as int64 or text; ``root`` (``--root``) is the folder relative paths start from or, for RecordIO
+    rows, the source ``train.rec``.
+    """
+
+    def __init__(self, manifest: Path, label_column: str, root: Path | None = None) -> None:
         self.manifest = Path(manifest)
         self.label_column = label_column
-        columns = ["path", "rec_index", label_column]
-        try:
-            table, self.meta = read_manifest(self.manifest, "clean", columns=columns)
-        except pa.ArrowInvalid:  # a column is missing: say which
-            names = pq.read_schema(self.manifest).names
-            missing = [c for c in columns if c not in names]
-            raise InputError(f"{self.manifest} has no column {', '.join(repr(c) for c in missing)}",
-                             "give a clean manifest written by `facecleaner prune`") from None
+        if root is not None and not Path(root).exists():
+            raise InputError(f"--root {root} does not exist",
+                             "give the folder relative paths start from, or the train.rec of RecordIO rows")
+        names, self.meta = table_columns(self.manifest, "clean")
+        require_columns(self.manifest, names, ["path"],
+                        "export needs a 'path' column (image files; relative paths start from the manifest's "
+                        "folder or --root) and the label column")
+        if label_column not in names:
+            raise InputError(f"{self.manifest} has no column {label_column!r} to take labels from",
+                             _label_fix(label_column, names))
+        has_index = "rec_index" in names
+        table = read_columns(self.manifest, ["path", label_column] + (["rec_index"] if has_index else []))
         if table.num_rows == 0:
             raise InputError(f"{self.manifest} has no rows", "nothing was kept: prune with a looser rule")
-        self.table = table.combine_chunks()
-        labels = self.table[label_column]
-        if labels.null_count:
-            row = int(np.flatnonzero(labels.is_null().to_numpy(zero_copy_only=False))[0])
-            raise InputError(f"{self.manifest} row {row} has no {label_column}",
-                             "give a clean manifest written by `facecleaner prune`")
+        labels = self._label_array(table[label_column])
+        paths = as_type(self.manifest, "path", table["path"], pa.string())
+        indices = (as_type(self.manifest, "rec_index", table["rec_index"], pa.int64()) if has_index
+                   else pa.nulls(table.num_rows, pa.int64()))
+        self.table = pa.table({"path": paths, "rec_index": indices, label_column: labels}).combine_chunks()
         is_record = pc.is_null(self.table["path"]).to_numpy(zero_copy_only=False)
-        no_index = pc.is_null(self.table["rec_index"]).to_numpy(zero_copy_only=False)
-        orphan = np.flatnonzero(is_record & no_index)
+        orphan = np.flatnonzero(is_record & pc.is_null(self.table["rec_index"]).to_numpy(zero_copy_only=False))
         if orphan.size:
-            raise InputError(f"{self.manifest} row {int(orphan[0])} has neither a path nor a rec_index "
-                             f"({orphan.size} such rows)", "give a clean manifest written by `facecleaner prune`")
+            raise InputError(f"{self.manifest} has neither a path nor a rec_index on {self.position(int(orphan[0]))} "
+                             f"({orphan.size} such rows)", "give every row the image file it stands for")
         self.record_rows = int(is_record.sum())
-        root = self.meta.get("input_root")
-        base = Path(root) if root and Path(root).is_dir() else self.manifest.parent
-        self.file_root = os.path.abspath(base)
+        input_root = self.meta.get("input_root") if isinstance(self.meta.get("input_root"), str) else None
+        folders = [p for p in (root, input_root) if p is not None and Path(p).is_dir()]
+        self.file_root = os.path.abspath(folders[0] if folders else self.manifest.parent)
         self.recordio = None
         self._rec_rows = np.full(len(self), -1, dtype=np.int64)
         if self.record_rows:
-            self._open_recordio(root, is_record)
+            recs = [Path(p) for p in (root, input_root) if p is not None and Path(p).is_file()]
+            self._open_recordio(recs[0] if recs else None, input_root, is_record)
+
+    def _label_array(self, column: pa.ChunkedArray) -> pa.ChunkedArray:
+        """The label column as int64 or text, without nulls; a CSV's canonical integers become int64, and so
+        do the whole floats an integer column turns into when pandas meets a null."""
+        labels = plain(column)
+        if pa.types.is_floating(labels.type) or pa.types.is_integer(labels.type):
+            labels = as_type(self.manifest, self.label_column, labels, pa.int64())
+        else:
+            labels = as_type(self.manifest, self.label_column, labels, pa.string())
+            if is_csv(self.manifest) and pc.all(pc.match_substring_regex(labels, CANONICAL_INTEGER)).as_py():
+                labels = labels.cast(pa.int64())
+        missing = first(labels.is_null().to_numpy(zero_copy_only=False))
+        if missing is not None:
+            raise InputError(f"{self.manifest} has no {self.label_column} on {self.position(missing)} "
+                             f"({labels.null_count} such rows)",
+                             "give every row a label, or remove the unlabelled rows")
+        return labels
+
+    def position(self, row: int) -> str:
+        """Where row ``row`` (0-based) is in the manifest, as a person counts: ``row N`` or a CSV's ``line N``."""
+        return row_position(self.manifest, row)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -123,14 +158,17 @@ class ExportInput:
     def labels(self) -> pa.ChunkedArray:
         return self.table[self.label_column]
 
-    def _open_recordio(self, root: str | None, is_record: np.ndarray) -> None:
+    def _open_recordio(self, rec: Path | None, recorded: str | None, is_record: np.ndarray) -> None:
         from facecleaner.sources.recordio import open_recordio
 
-        if not root or not Path(root).is_file():
-            raise InputError(f"{self.manifest} lists RecordIO records, but the train.rec they come from "
-                             f"({root or 'not recorded'}) is not there",
-                             "keep the train.rec/train.idx the scores were computed from at that path")
-        self.recordio = open_recordio(root)
+        if rec is None:
+            where = (f"the train.rec in its metadata ({recorded}) is not there" if recorded
+                     else "no facecleaner metadata says which train.rec they come from")
+            raise InputError(f"{self.manifest} lists {self.record_rows} RecordIO records (rows with a rec_index "
+                             f"and no path), and {where}",
+                             "give the train.rec they come from with --root PATH/TO/train.rec (its train.idx "
+                             "beside it)")
+        self.recordio = open_recordio(rec)
         keys = self.recordio.keys
         wanted = pc.fill_null(self.table["rec_index"], -1).to_numpy()
         position = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
@@ -179,24 +217,21 @@ class ExportInput:
 def integer_labels(inp: ExportInput, fmt: str, low: int | None = None, high: int | None = None) -> np.ndarray:
     """The chosen label column as int64 for formats that store class numbers.
 
-    ``new_label`` always qualifies. The original ``label`` qualifies when it is an integer column or when
-    every value is a plain decimal integer string (``"7"``, not ``"07"`` or ``"alice"``, so that two distinct
-    labels never become one number); anything else is an InputError pointing to ``--label-column new_label``.
+    An integer column qualifies, and so does text when every value is a plain decimal integer (``"7"``, not
+    ``"07"`` or ``"alice"``, so that two distinct labels never become one number); anything else is an
+    InputError pointing to ``--label-column new_label``.
     """
     labels = inp.labels
     fix = "export with --label-column new_label (contiguous class numbers 0..C-1)"
     if pa.types.is_integer(labels.type):
         values = labels.to_numpy().astype(np.int64)
-    elif pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type):
-        plain = pc.match_substring_regex(labels, r"^(0|-?[1-9][0-9]{0,17})$").to_numpy(zero_copy_only=False)
-        if not plain.all():
-            row = int(np.flatnonzero(~plain)[0])
-            raise InputError(f"--format {fmt} stores integer class numbers, but {inp.manifest} has the "
-                             f"{inp.label_column} {labels[row].as_py()!r} (row {row})", fix)
-        values = pc.cast(labels, pa.int64()).to_numpy()
     else:
-        raise InputError(f"--format {fmt} stores integer class numbers, but {inp.manifest}'s {inp.label_column} "
-                         f"column is {labels.type}", fix)
+        plain_text = pc.match_substring_regex(labels, CANONICAL_INTEGER).to_numpy(zero_copy_only=False)
+        if not plain_text.all():
+            row = int(np.flatnonzero(~plain_text)[0])
+            raise InputError(f"--format {fmt} stores integer class numbers, but {inp.manifest} has the "
+                             f"{inp.label_column} {labels[row].as_py()!r} ({inp.position(row)})", fix)
+        values = pc.cast(labels, pa.int64()).to_numpy()
     bad = np.zeros(len(values), dtype=bool)
     if low is not None:
         bad |= values < low
@@ -205,5 +240,13 @@ def integer_labels(inp: ExportInput, fmt: str, low: int | None = None, high: int
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputError(f"--format {fmt} needs class numbers in {low}..{high - 1}, but {inp.manifest} has the "
-                         f"{inp.label_column} {int(values[row])} (row {row})", fix)
+                         f"{inp.label_column} {int(values[row])} ({inp.position(row)})", fix)
     return values
+
+
+def _label_fix(label_column: str, names: list[str]) -> str:
+    """Which --label-column to try instead: ``label`` when the table has it, else its columns."""
+    if "label" in names and label_column != "label":
+        return "export its original identities with --label-column label (or name another column)"
+    shown = ", ".join(names[:12]) + (", …" if len(names) > 12 else "")
+    return f"name the column that holds each row's identity with --label-column (its columns: {shown})"

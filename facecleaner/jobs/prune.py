@@ -1,5 +1,10 @@
-"""The prune job: decide from a scores manifest's few decision columns, then stream the rows into the
-clean and dropped manifests (the rule itself is :mod:`facecleaner.pruning.rules`)."""
+"""The prune job: decide from a scores table's few decision columns, then stream the rows into the clean and
+dropped manifests (the rule itself is :mod:`facecleaner.pruning.rules`).
+
+The three files (clean, dropped, classes) are built under temporary names and published together
+(:func:`facecleaner.fileio.atomic_outputs`), each stamped with the run id they share and every file's row
+count; a prune killed among the renames is completed by the next prune on the same outputs.
+"""
 
 from __future__ import annotations
 
@@ -9,87 +14,106 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from facecleaner.errors import InputError, PruneRefused
+from facecleaner.fileio import atomic_outputs, check_distinct, recover_outputs
+from facecleaner.manifests.companions import companion_fields
 from facecleaner.manifests.io import (
     ROW_GROUP_ROWS,
     manifest_metadata,
-    manifest_writer,
-    read_manifest,
+    new_run_id,
+    parquet_writer,
     sibling,
-    write_manifest,
+    write_table,
 )
-from facecleaner.manifests.schema import NEW_LABEL, REASON, REASONS, STATUS_OK
+from facecleaner.manifests.schema import NEW_LABEL, REASON, REASONS
+from facecleaner.progress import logger
 
 DEFAULT_ANGLE = 75.0
-#: What prune reads whole; every other column is streamed through batch by batch.
-DECISION_COLUMNS = ("class_index", "label", "status", "is_dominant", "angle", "nearest_subcenter",
-                    "dominant_subcenter")
+#: Metadata of the scores file that its clean and dropped manifests carry on.
+INHERITED = ("model", "checkpoint_sha256", "input_fingerprint", "num_classes", "input_root")
 
 
-def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dropped: str | Path | None = None,
-          drop_non_dominant: bool = False, min_images: int = 1, max_drop_fraction: float = 0.5,
-          force: bool = False) -> dict[str, Any]:
-    """Split a scores manifest into clean (with ``new_label``) and dropped (with ``reason``) manifests."""
-    from facecleaner.manifests.classes import classes_table
-    from facecleaner.pruning.rules import decide
-
+def check_options(angle: float, min_images: int, max_drop_fraction: float) -> None:
+    """The option ranges (the CLI enforces them as usage errors; library callers get an InputError)."""
     if not 0.0 < angle < 180.0:
         raise InputError(f"--angle {angle} is outside (0, 180) degrees", "the paper's threshold is 75")
     if min_images < 1:
         raise InputError("--min-images must be at least 1", "give a positive number")
     if not 0.0 <= max_drop_fraction <= 1.0:
         raise InputError("--max-drop-fraction must be in [0, 1]", "the default is 0.5")
+
+
+def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dropped: str | Path | None = None,
+          drop_non_dominant: bool = False, min_images: int = 1, max_drop_fraction: float = 0.5,
+          force: bool = False) -> dict[str, Any]:
+    """Split a scores table into clean (with ``new_label``) and dropped (with ``reason``) manifests.
+
+    ``scores`` is a manifest written by ``score`` or the user's edit of one (without our metadata: the class
+    and sub-center counts then come from the data).
+    """
+    from facecleaner.manifests.classes import classes_table
+    from facecleaner.manifests.validate import read_scores
+    from facecleaner.pruning.rules import decide
+
+    check_options(angle, min_images, max_drop_fraction)
+    scores, out = Path(scores), Path(out)
+    outputs = {"clean": out, "dropped": Path(dropped) if dropped else sibling(out, "dropped"),
+               "classes": sibling(out, "classes")}
+    check_distinct({"scores input": scores, "scores input's classes file": sibling(scores, "classes")},
+                   {"--out": out, "--dropped": outputs["dropped"], "--out (its classes file)": outputs["classes"]})
+    recovered = [path for done in recover_outputs(outputs.values()) for path in done.get("completed", [])]
+    if recovered:
+        logger.info("completed an interrupted prune left by a killed process: %s", ", ".join(recovered))
     # Decide from the few columns the rule needs, then stream the whole rows through: memory stays at the
     # decision columns plus one batch, however wide the input's extra columns are.
-    columns, meta = read_manifest(Path(scores), "scores", columns=list(DECISION_COLUMNS))
-    class_index = columns["class_index"].to_numpy()
-    readable = pc.equal(columns["status"], STATUS_OK).to_numpy(zero_copy_only=False)
-    is_dominant = pc.fill_null(columns["is_dominant"], False).to_numpy(zero_copy_only=False)
-    angles = columns["angle"].to_numpy(zero_copy_only=False)
-    num_classes = int(meta.get("num_classes", int(class_index.max()) + 1 if len(class_index) else 0))
-    decision = decide(class_index, readable, is_dominant, angles, num_classes, angle, drop_non_dominant, min_images)
+    columns, meta = read_scores(scores)
+    decision = decide(columns.class_index, columns.readable, columns.is_dominant, columns.angle,
+                      columns.num_classes, angle, drop_non_dominant, min_images)
     keep = decision.keep
     dropped_count = int((~keep).sum())
     if dropped_count > max_drop_fraction * len(keep) and not force:
-        median = float(np.nanmedian(angles)) if readable.any() else math.nan
+        angles = columns.angle[columns.readable]
+        median = float(np.nanmedian(angles)) if np.isfinite(angles).any() else math.nan
         raise PruneRefused(
             f"this rule would drop {dropped_count} of {len(keep)} samples ({dropped_count / max(len(keep), 1):.0%}, "
             f"over --max-drop-fraction {max_drop_fraction}); the median angle is {median:.0f}°, which usually means "
             "the model did not converge rather than that the data is mostly noise",
             "check the training metrics and retrain, or pass --force to drop them anyway")
+    classes = classes_table(columns.class_index, columns.labels, columns.readable, columns.nearest,
+                            columns.dominant, columns.subcenters, decision.kept_per_class, decision.class_new_label)
     rule = "drop_non_dominant" if drop_non_dominant else "paper"
-    out = Path(out)
-    dropped_path = Path(dropped) if dropped else out.with_name(f"{out.stem}.dropped.parquet")
-    base_meta = {key: meta[key] for key in ("model", "checkpoint_sha256", "input_fingerprint", "num_classes",
-                                            "input_root")
-                 if key in meta}
+    run_id = new_run_id()
+    rows = {"clean": int(keep.sum()), "dropped": dropped_count, "classes": classes.num_rows}
+    base_meta = {key: meta[key] for key in INHERITED if key in meta}
     base_meta |= {"angle_threshold": angle, "rule": rule, "min_images": min_images, "scores": str(scores)}
+
+    def metadata(role: str) -> dict[str, Any]:
+        return manifest_metadata(role, **base_meta, **companion_fields(outputs, rows, run_id, role))
+
     source = pq.ParquetFile(scores)
+    # An edited clean or dropped manifest given back to prune: its new_label / reason are decided afresh.
+    carried = [name for name in source.schema_arrow.names if name not in (NEW_LABEL.name, REASON.name)]
+    schema = pa.schema([source.schema_arrow.field(name) for name in carried], metadata=source.schema_arrow.metadata)
     reason_names = pa.array(REASONS, pa.string())
-    with manifest_writer(out, source.schema_arrow.append(NEW_LABEL), manifest_metadata("clean", **base_meta)) \
-            as write_clean, manifest_writer(dropped_path, source.schema_arrow.append(REASON),
-                                            manifest_metadata("dropped", **base_meta)) as write_dropped:
-        start = 0
-        for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS):
-            rows = pa.Table.from_batches([batch])
-            stop = start + len(rows)
-            kept = keep[start:stop]
-            write_clean(rows.filter(pa.array(kept)).append_column(NEW_LABEL,
-                                                                  pa.array(decision.new_label[start:stop][kept])))
-            codes = pa.array(decision.reason[start:stop][~kept].astype(np.int32))
-            write_dropped(rows.filter(pa.array(~kept)).append_column(REASON, reason_names.take(codes)))
-            start = stop
-    nearest = pc.fill_null(columns["nearest_subcenter"], 0).to_numpy(zero_copy_only=False)
-    subcenters = int(meta.get("model", {}).get("subcenters", int(nearest.max()) + 1 if len(nearest) else 1))
-    classes = classes_table(class_index, columns["label"], readable, nearest,
-                            columns["dominant_subcenter"].to_numpy(), subcenters, decision.kept_per_class,
-                            decision.class_new_label)
-    write_manifest(sibling(out, "classes"), classes, manifest_metadata("classes", **base_meta))
+    with atomic_outputs(list(outputs.values())) as (clean_tmp, dropped_tmp, classes_tmp):
+        with parquet_writer(clean_tmp, schema.append(NEW_LABEL), metadata("clean")) as write_clean, \
+                parquet_writer(dropped_tmp, schema.append(REASON), metadata("dropped")) as write_dropped:
+            start = 0
+            for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS, columns=carried):
+                part = pa.Table.from_batches([batch], schema=schema)
+                stop = start + len(part)
+                kept = keep[start:stop]
+                write_clean(part.filter(pa.array(kept)).append_column(
+                    NEW_LABEL, pa.array(decision.new_label[start:stop][kept])))
+                codes = pa.array(decision.reason[start:stop][~kept].astype(np.int32))
+                write_dropped(part.filter(pa.array(~kept)).append_column(REASON, reason_names.take(codes)))
+                start = stop
+        write_table(classes_tmp, classes, metadata("classes"))
     by_reason = {name: int((decision.reason == code).sum()) for code, name in enumerate(REASONS)}
     kept_classes = int((decision.class_new_label >= 0).sum())
-    return {"clean": str(out), "dropped": str(dropped_path), "samples": len(keep), "kept": int(keep.sum()),
-            "dropped_samples": dropped_count, "by_reason": by_reason, "classes": int(len(np.unique(class_index))),
-            "classes_kept": kept_classes, "angle": angle, "rule": rule}
+    return {"clean": str(out), "dropped": str(outputs["dropped"]), "samples": len(keep), "kept": rows["clean"],
+            "dropped_samples": dropped_count, "by_reason": by_reason,
+            "classes": int(len(np.unique(columns.class_index))), "classes_kept": kept_classes, "angle": angle,
+            "rule": rule, "run_id": run_id, "recovered": recovered}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,7 +21,7 @@ import torch
 from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, TooManyBadSamples
 from facecleaner.fileio import atomic_outputs, check_distinct, recover_outputs
 from facecleaner.jobs.prune import DEFAULT_ANGLE
-from facecleaner.manifests.io import manifest_metadata, read_metadata, sibling, write_manifest
+from facecleaner.manifests.io import manifest_metadata, new_run_id, read_metadata, sibling, write_table
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, source_root, table_fingerprint
 from facecleaner.sources.labels import lookup_labels
@@ -153,11 +152,11 @@ def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd
         "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
                          "scale": spec.scale, "embedding_size": spec.embedding_size, "image_size": spec.image_size},
         num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
-        input_fingerprint=table_fingerprint(table), input_root=source_root(source), run_id=uuid.uuid4().hex)
+        input_fingerprint=table_fingerprint(table), input_root=source_root(source), run_id=new_run_id())
     paths = [out, sibling(out, "classes")] + ([embeddings] if embeddings is not None else [])
     with atomic_outputs(paths) as temps:
-        write_manifest(temps[0], manifest, meta | {"rows": manifest.num_rows}, atomic=False)
-        write_manifest(temps[1], classes, meta | {"kind": "classes", "rows": classes.num_rows}, atomic=False)
+        write_table(temps[0], manifest, meta | {"rows": manifest.num_rows})
+        write_table(temps[1], classes, meta | {"kind": "classes", "rows": classes.num_rows})
         if embeddings is not None:
             area.write_embeddings(temps[2], count, spec.embedding_size)
     duplicates = int(table["path"].dropna().duplicated().sum())

@@ -1,10 +1,17 @@
-"""Write manifests atomically in row-group batches; read them back only if they are ours."""
+"""Write manifests in row-group batches (atomically, alone or as a group); read them back, ours or edited.
+
+A manifest facecleaner wrote carries JSON metadata under the ``facecleaner`` key; one a user filtered or
+joined with pandas or duckdb does not, and is read all the same (its metadata is then ``{}``). A file that
+still carries our metadata but of another ``kind`` (a scores file given to export) is refused.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,12 @@ from facecleaner.fileio import atomic_output
 from facecleaner.manifests.schema import METADATA_KEY, SCHEMA_VERSION
 
 ROW_GROUP_ROWS = 1 << 20
+_MAKERS = {"scores": "score", "clean": "prune", "dropped": "prune", "classes": "score` or `facecleaner prune"}
+
+
+def new_run_id() -> str:
+    """The id shared by every file one command invocation writes (uuid4 hex)."""
+    return uuid.uuid4().hex
 
 
 def manifest_metadata(kind: str, **fields: Any) -> dict[str, Any]:
@@ -27,57 +40,131 @@ def manifest_metadata(kind: str, **fields: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def manifest_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any],
-                    atomic: bool = True) -> Iterator[Callable[[pa.Table], None]]:
-    """Yield ``write(table)`` appending row groups to ``path``, which appears (atomically) only on success.
-
-    ``atomic=False`` writes ``path`` itself: for a temporary of :func:`facecleaner.fileio.atomic_outputs`, which
-    publishes several files together.
-    """
+def parquet_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any]) -> Iterator[Callable[[pa.Table], None]]:
+    """Yield ``write(table)`` appending row groups straight to ``path`` (a temporary its caller publishes)."""
     schema = schema.with_metadata({**(schema.metadata or {}),
                                    METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     # Dictionary encoding pays for repeated strings (labels, status, reason) and is wasted work on unique
     # paths and floats; whole tables per call let row groups be ROW_GROUP_ROWS, not the reader's chunks.
     dictionary = [f.name for f in schema
                   if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != "path"]
-    with (atomic_output(path) if atomic else contextlib.nullcontext(path)) as tmp, \
-            pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=dictionary) as writer:
+    with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary) as writer:
         yield lambda table: writer.write_table(table.cast(schema), row_group_size=ROW_GROUP_ROWS)
 
 
-def write_manifest(path: Path, table: pa.Table, metadata: dict[str, Any], atomic: bool = True) -> None:
-    """Write ``table`` to ``path`` via a temporary file in the same folder (see :func:`manifest_writer`)."""
-    with manifest_writer(path, table.schema, metadata, atomic) as write:
+@contextlib.contextmanager
+def manifest_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any]) -> Iterator[Callable[[pa.Table], None]]:
+    """Yield ``write(table)`` appending row groups to ``path``, which appears (atomically) only on success."""
+    with atomic_output(path) as tmp, parquet_writer(tmp, schema, metadata) as write:
+        yield write
+
+
+def write_table(path: Path, table: pa.Table, metadata: dict[str, Any]) -> None:
+    """Write ``table`` with ``metadata`` straight to ``path`` (a temporary its caller publishes)."""
+    with parquet_writer(path, table.schema, metadata) as write:
         write(table)
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    """The ``facecleaner`` metadata of a Parquet file; InputError if it is missing or not Parquet."""
+def write_manifest(path: Path, table: pa.Table, metadata: dict[str, Any]) -> None:
+    """Write ``table`` to ``path`` via a temporary file in the same folder."""
+    with manifest_writer(path, table.schema, metadata) as write:
+        write(table)
+
+
+def parquet_info(path: Path) -> tuple[dict[str, Any] | None, pa.Schema, int]:
+    """A Parquet file's ``facecleaner`` metadata (None when it has none), schema and row count.
+
+    InputError when the file is missing, is not Parquet, or holds metadata under our key that is not a JSON
+    object (it was damaged: nothing in it can be trusted).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist", "give a manifest written by facecleaner")
     try:
-        raw = pq.read_schema(path).metadata or {}
+        footer = pq.read_metadata(path)
+        schema = footer.schema.to_arrow_schema()
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{path} is not a Parquet file", "give a manifest written by facecleaner") from exc
-    if METADATA_KEY not in raw:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        return None, schema, footer.num_rows
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path} has damaged '{METADATA_KEY.decode()}' metadata (not a JSON object)",
+                         "rewrite the file without it (e.g. with pandas) or rerun the step that wrote it")
+    return meta, schema, footer.num_rows
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The ``facecleaner`` metadata of a Parquet file; InputError if it is missing or not Parquet."""
+    meta, _, _ = parquet_info(path)
+    if meta is None:
         raise InputError(f"{path} is not a facecleaner manifest (no '{METADATA_KEY.decode()}' metadata)",
                          "give a file written by `facecleaner score` or `facecleaner prune`")
-    return json.loads(raw[METADATA_KEY])
+    return meta
 
 
-def read_manifest(path: Path, kind: str, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, Any]]:
-    """Read a manifest of the expected ``kind`` (e.g. "scores"), checking the schema version."""
-    meta = read_metadata(path)
+def check_kind(path: Path, meta: dict[str, Any], kind: str) -> None:
+    """InputError unless our metadata says ``kind`` in the schema version this facecleaner reads."""
     if meta.get("kind") != kind:
         raise InputError(f"{path} is a {meta.get('kind', 'unknown')} manifest, not a {kind} manifest",
-                         f"give the {kind} file (e.g. the output of `facecleaner "
-                         f"{'score' if kind == 'scores' else 'prune'}`)")
+                         f"give the {kind} file (e.g. the output of `facecleaner {_MAKERS.get(kind, 'score')}`)")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise InputError(f"{path} has manifest schema version {meta.get('schema_version')}, "
                          f"this facecleaner reads version {SCHEMA_VERSION}",
                          "rerun the step that wrote it with this version")
+
+
+def read_manifest(path: Path, kind: str, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, Any]]:
+    """Read a manifest of the expected ``kind`` (e.g. "scores") that facecleaner wrote, checking the version."""
+    meta = read_metadata(path)
+    check_kind(path, meta, kind)
     return pq.read_table(path, columns=columns), meta
+
+
+def is_csv(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".csv"
+
+
+def table_columns(path: Path, kind: str) -> tuple[list[str], dict[str, Any]]:
+    """The column names of a Parquet or CSV table and its ``facecleaner`` metadata (``{}`` when absent).
+
+    Our metadata of another ``kind`` is refused; a table without it is taken as the user's edit of one.
+    """
+    path = Path(path)
+    if is_csv(path):
+        return list(_read_csv(path, nrows=0).columns), {}
+    meta, schema, _ = parquet_info(path)
+    if meta is None:
+        return schema.names, {}
+    check_kind(path, meta, kind)
+    return schema.names, meta
+
+
+def read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of a Parquet or CSV table; a CSV's values are all text (null where a field is empty)."""
+    if is_csv(path):
+        frame = _read_csv(path, usecols=list(columns))
+        return pa.table({name: pa.Array.from_pandas(frame[name].astype(object), type=pa.string()) for name in columns})
+    return pq.read_table(path, columns=list(columns))
+
+
+def _read_csv(path: Path, **options: Any) -> Any:
+    """A CSV as a DataFrame of text columns; an unreadable or malformed file is an InputError (pandas names the
+    line). pandas is imported here, not for every Parquet reader."""
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)  # rows longer than the header
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], index_col=False, **options)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read {path} as CSV: {first}",
+                         "give a Parquet file, or a CSV with a header line and one row per image") from exc
 
 
 def sibling(path: Path, suffix: str) -> Path:

@@ -3,7 +3,8 @@
 Paper rule (default): drop every sample whose angle to its class's dominant sub-center is over the
 threshold; samples nearest a non-dominant sub-center but within it are kept (as the reference drop
 script does). ``drop_non_dominant`` also drops those. Classes left with fewer than ``min_images`` kept
-samples are dropped whole. A sample exactly at the threshold is kept.
+samples are dropped whole. A sample exactly at the threshold is kept; a readable sample whose angle is not
+finite is dropped for its angle.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def decide(class_index: np.ndarray, readable: np.ndarray, is_dominant: np.ndarra
     reason[~readable] = UNREADABLE
     if drop_non_dominant:
         reason[(reason == KEPT) & ~is_dominant] = NON_DOMINANT
+    # Only a finite angle within the threshold keeps a sample: NaN (a null, or a numeric failure) and ±inf drop.
     with np.errstate(invalid="ignore"):
-        reason[(reason == KEPT) & (angle > threshold)] = ANGLE
+        reason[(reason == KEPT) & ~(np.isfinite(angle) & (angle <= threshold))] = ANGLE
     kept_per_class = np.bincount(class_index[reason == KEPT], minlength=num_classes).astype(np.int64)
     small = kept_per_class < max(min_images, 1)
     reason[(reason == KEPT) & small[class_index]] = SMALL_CLASS

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from facecleaner.errors import InputError
+from facecleaner.fileio import row_position
 from facecleaner.sources.base import BASE_COLUMNS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff", ".gif"})
@@ -83,12 +84,6 @@ def _whole_float_labels(labels: pd.Series, path: Path) -> pd.Series:
                          f"({float(values[row])!r})",
                          "labels must be integers or strings")
     return pd.Series(values.astype(np.int64), index=labels.index).astype("Int64")
-
-
-def row_position(path: Path, row: int) -> str:
-    """Where data row ``row`` (0-based) is, as a person finds it: a CSV's file line (its header is line 1),
-    else the 1-based row."""
-    return f"line {row + 2}" if Path(path).suffix.lower() == ".csv" else f"row {row + 1}"
 
 
 def _displayable(name: str) -> str:

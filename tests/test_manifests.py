@@ -1,0 +1,130 @@
+"""Reading manifests that were not left as facecleaner wrote them: a scores table is validated column by column
+(errors name the column and the first bad row, counted from 1), and the files of one prune check each other."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_cli import assert_error, invoke
+
+from facecleaner import api
+from facecleaner.errors import InputError
+from facecleaner.manifests.companions import check_companions
+from facecleaner.manifests.io import read_metadata
+from facecleaner.manifests.schema import METADATA_KEY
+
+
+def replace_column(path, name: str, values: list, type_: pa.DataType | None = None, keep_meta: bool = True):  # noqa: ANN001, ANN201
+    table = pq.read_table(path)
+    table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, type=type_))
+    if not keep_meta:
+        table = table.replace_schema_metadata(None)
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture
+def scores(scores_file):  # noqa: ANN001, ANN201
+    """Three classes, six rows, the last one unreadable."""
+    return scores_file([0, 0, 1, 1, 2, 2], [10.0, 20.0, 30.0, 40.0, 50.0, None], [True] * 5 + [None],
+                       status=["ok"] * 5 + ["unreadable: empty file"])
+
+
+def test_concatenated_scores_with_a_class_past_the_metadata_are_one_line_errors(scores_file, tmp_path) -> None:  # noqa: ANN001
+    first = scores_file([0, 0, 1, 1], [10.0, 20.0, 30.0, 40.0], [True] * 4, name="a.parquet")
+    second = scores_file([0, 1, 2, 2], [10.0, 20.0, 30.0, 40.0], [True] * 4, name="b.parquet")
+    both = tmp_path / "both.parquet"
+    pq.write_table(pa.concat_tables([pq.read_table(first), pq.read_table(second)]), both)  # a's metadata
+    line = assert_error(invoke("prune", both, "--out", tmp_path / "clean.parquet"),
+                        str(both), "class_index", "row 7", "2 classes")
+    assert "facecleaner bug" not in line
+    assert not (tmp_path / "clean.parquet").exists()
+
+
+@pytest.mark.parametrize(("column", "values", "type_", "fragments"), [
+    ("class_index", [0, 0, 1, -1, 2, 2], pa.int32(), ["class_index", "-1", "row 4"]),
+    ("class_index", [0.0, 0.0, 1.5, 1.0, 2.0, 2.0], pa.float64(), ["class_index", "row 3"]),
+    ("class_index", ["0", "0", "1", "one", "2", "2"], pa.string(), ["class_index", "row 4", "'one'"]),
+    ("class_index", [0, 0, None, 1, 2, 2], pa.int32(), ["class_index", "row 3", "empty"]),
+    ("status", ["ok", None, "ok", "ok", "ok", "ok"], pa.string(), ["status", "row 2", "empty"]),
+    ("label", ["a", "a", "b", None, "c", "c"], pa.string(), ["label", "row 4", "empty"]),
+    ("nearest_subcenter", [0, 1, 3, 0, 0, None], pa.int8(), ["nearest_subcenter", "3", "row 3", "0..2"]),
+    ("nearest_subcenter", [0, 1, 0, None, 0, None], pa.int8(), ["nearest_subcenter", "row 4", "ok"]),
+    ("dominant_subcenter", [0, 0, 0, 0, -2, 0], pa.int8(), ["dominant_subcenter", "-2", "row 5", "0..2"]),
+    ("dominant_subcenter", [0, 0, 0, 0, 0, None], pa.int8(), ["dominant_subcenter", "row 6", "empty"]),
+    ("angle", ["10", "20", "x", "40", "50", None], pa.string(), ["angle", "row 3", "'x'"]),
+    ("is_dominant", [[1], [1], [1], [1], [1], None], pa.list_(pa.int8()), ["is_dominant", "list"]),
+])
+def test_bad_columns_name_the_column_and_the_first_bad_row(scores, tmp_path, column, values, type_,  # noqa: ANN001
+                                                           fragments) -> None:
+    replace_column(scores, column, values, type_)
+    with pytest.raises(InputError) as caught:
+        api.prune(scores, tmp_path / "clean.parquet", force=True)
+    assert all(fragment in str(caught.value) for fragment in fragments), str(caught.value)
+    assert not (tmp_path / "clean.parquet").exists()
+
+
+def test_missing_columns_are_named(scores, tmp_path) -> None:  # noqa: ANN001
+    table = pq.read_table(scores).drop_columns(["angle", "status"]).replace_schema_metadata(None)
+    pq.write_table(table, scores)
+    with pytest.raises(InputError, match="has no column 'status', 'angle'") as caught:
+        api.prune(scores, tmp_path / "clean.parquet")
+    assert "class_index" in caught.value.fix  # the fix lists what a scores table needs
+
+
+def test_castable_retyped_columns_give_the_same_result(scores, tmp_path) -> None:  # noqa: ANN001
+    api.prune(scores, tmp_path / "ours.parquet")
+    replace_column(scores, "class_index", ["0", "0", "1", "1", "2", "2"], pa.string(), keep_meta=False)
+    replace_column(scores, "nearest_subcenter", [0.0, 0.0, 0.0, 0.0, 0.0, None], pa.float64(), keep_meta=False)
+    replace_column(scores, "is_dominant", [1, 1, 1, 1, 1, None], pa.int64(), keep_meta=False)
+    replace_column(scores, "angle", [10, 20, 30, 40, 50, None], pa.int64(), keep_meta=False)
+    table = pq.read_table(scores)
+    pq.write_table(table.set_column(table.schema.get_field_index("status"), "status",
+                                    table["status"].dictionary_encode()), scores)
+    api.prune(scores, tmp_path / "theirs.parquet")
+    assert pq.read_table(tmp_path / "theirs.parquet")["sample_id"].to_pylist() == [0, 1, 2, 3, 4]
+    assert pq.read_table(tmp_path / "theirs.parquet")["new_label"].to_pylist() == \
+        pq.read_table(tmp_path / "ours.parquet")["new_label"].to_pylist()
+
+
+def test_metadata_that_is_not_json_is_an_input_error(scores, tmp_path) -> None:  # noqa: ANN001
+    table = pq.read_table(scores)
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: b"{not json"}), scores)
+    with pytest.raises(InputError, match="metadata"):
+        api.prune(scores, tmp_path / "clean.parquet")
+
+
+def test_companions_match_until_a_file_is_replaced_by_another_runs(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file([0, 0, 1, 1, 2, 2], [10.0, 80.0, 30.0, 40.0, 50.0, 60.0], [True] * 6)
+    api.prune(scores, tmp_path / "clean.parquet")
+    api.prune(scores, tmp_path / "other.parquet", angle=45)
+    clean, dropped = tmp_path / "clean.parquet", tmp_path / "clean.dropped.parquet"
+    for path in (clean, dropped, tmp_path / "clean.classes.parquet"):
+        report = check_companions(path)
+        assert report.mixed == [] and not report.edited and report.matched == 2
+    (tmp_path / "other.dropped.parquet").replace(dropped)
+    report = check_companions(clean)
+    assert report.mixed == [dropped] and report.matched == 1
+    warning = report.warning()
+    assert str(clean) in warning and str(dropped) in warning and "rerun prune" in warning
+    assert check_companions(tmp_path / "clean.classes.parquet").mixed == [dropped]
+    assert check_companions(dropped).mixed == []  # it names its own run's files, other.parquet and its classes
+    dropped.unlink()  # a companion the user deleted is not a mix-up
+    assert check_companions(clean).mixed == [] and check_companions(clean).warning() is None
+
+
+def test_a_manifest_edited_with_its_metadata_kept_is_not_mixed(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file([0, 0, 1, 1, 2, 2], [10.0, 20.0, 30.0, 40.0, 50.0, 60.0], [True] * 6)
+    clean = tmp_path / "clean.parquet"
+    api.prune(scores, clean)
+    table = pq.read_table(clean)
+    pq.write_table(table.filter(pa.array(np.array(table["label"].to_pylist()) != "id1")), clean)
+    assert read_metadata(clean)["rows"] == 6  # pyarrow kept the metadata, which no longer describes the rows
+    report = check_companions(clean)
+    assert report.edited and report.mixed == []
+    meta = json.loads(pq.read_schema(clean).metadata[METADATA_KEY])
+    assert meta["run_id"] == read_metadata(tmp_path / "clean.dropped.parquet")["run_id"]
