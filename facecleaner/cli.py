@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -86,6 +87,17 @@ def _setup_logging(quiet: bool) -> None:
     log.setLevel(logging.INFO)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses NaN (which compares false with both bounds, so FloatRange lets it through)
+    and infinities: no option of ours means anything at either."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars or info logs on stderr.")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -94,8 +106,9 @@ precision_option = click.option("--precision", type=click.Choice(["auto", "bf16"
                                 show_default=True, help="Mixed precision on CUDA (auto: bf16 where supported).")
 workers_option = click.option("--workers", type=click.IntRange(min=0), default=None,
                               help="Image-decoding worker processes [default: 8 on GPU, 0 on CPU].")
-bad_option = click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=0.01, show_default=True,
-                          help="Abort when more than this share of images is unreadable.")
+bad_option = click.option("--max-bad-fraction", type=FiniteFloatRange(0, 1), default=0.01, show_default=True,
+                          help="Abort when more than this share of images is unreadable (or, in score, gives a "
+                               "non-finite embedding).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -125,23 +138,23 @@ def main() -> None:
               help="Network [default: r50 on GPU, tiny on CPU].")
 @click.option("--subcenters", type=click.IntRange(1, MAX_SUBCENTERS), default=None,
               help="Sub-centers per class K [default: 3].")
-@click.option("--margin", type=click.FloatRange(0, MAX_MARGIN, max_open=True), default=None,
+@click.option("--margin", type=FiniteFloatRange(0, MAX_MARGIN, max_open=True), default=None,
               help="Additive angular margin m in radians, below π/2 [default: 0.5].")
-@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--scale", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Logit scale s [default: from the class count, 64 for large sets].")
 @click.option("--embedding-size", type=click.IntRange(min=2), default=None, help="Embedding size [default: 512].")
 @click.option("--image-size", type=click.IntRange(min=16), default=None,
               help="Square input size in pixels [default: 112].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [default: by dataset size].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Batch size [default: 128].")
-@click.option("--sample-rate", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--sample-rate", type=FiniteFloatRange(0, 1, min_open=True), default=None,
               help="Partial FC: per step each process scores its classes in the batch plus random others up to "
                    "this share of its classes [default: 1 = all; 0.1-0.3 for millions of identities].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Peak SGD learning rate [default: 0.1 × batch / 256].")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), default=None,
               help="Dropout before the embedding layer [default: 0].")
-@click.option("--shift", type=click.FloatRange(0, 0.5, max_open=True), default=None,
+@click.option("--shift", type=FiniteFloatRange(0, 0.5, max_open=True), default=None,
               help="Random shift/zoom augmentation, as a fraction of the image size [default: 0.1].")
 @click.option("--init-backbone", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Start from these backbone weights (an insightface arcface_torch backbone.pth).")
@@ -191,16 +204,6 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
     ])  # a convergence warning goes to stderr as a log line (shown even with -q), and into --json
 
 
-class FiniteFloatRange(click.FloatRange):
-    """A FloatRange that also refuses NaN, which compares false with both bounds and so passes FloatRange."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if number != number:  # NaN
-            self.fail(f"{value!r} is not a number.", param, ctx)
-        return number
-
-
 @main.command()
 @click.argument("run_dir", type=PATH)
 @click.argument("data", type=PATH)
@@ -210,8 +213,7 @@ class FiniteFloatRange(click.FloatRange):
 @precision_option
 @workers_option
 @click.option("--embeddings", type=PATH, default=None, help="Also save the unit embeddings (float16 .npy).")
-@click.option("--max-bad-fraction", type=FiniteFloatRange(0, 1), default=0.01, show_default=True,
-              help="Abort when more than this share of images is unreadable (or gives a non-finite embedding).")
+@bad_option
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from the measurements it kept in OUT.resume/ (same options).")
 @quiet_option
@@ -244,7 +246,7 @@ def score(run_dir: Path, data: Path, out: Path, batch_size: int, device: str, pr
 
 @main.command()
 @click.argument("scores", type=PATH)
-@click.option("--angle", type=click.FloatRange(0, 180, min_open=True, max_open=True), default=75.0, show_default=True,
+@click.option("--angle", type=FiniteFloatRange(0, 180, min_open=True, max_open=True), default=75.0, show_default=True,
               help="Drop samples more than this many degrees from their class's dominant sub-center.")
 @click.option("--out", type=PATH, required=True, help="The clean manifest to write (.parquet).")
 @click.option("--dropped", type=PATH, default=None, help="The dropped manifest [default: OUT's stem + .dropped].")
@@ -252,7 +254,7 @@ def score(run_dir: Path, data: Path, out: Path, batch_size: int, device: str, pr
               help="Also drop samples nearest a non-dominant sub-center even within the angle.")
 @click.option("--min-images", type=click.IntRange(min=1), default=1, show_default=True,
               help="Drop classes left with fewer kept images than this.")
-@click.option("--max-drop-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--max-drop-fraction", type=FiniteFloatRange(0, 1), default=0.5, show_default=True,
               help="Refuse to drop more than this share of the samples (unless --force).")
 @click.option("--force", is_flag=True, help="Drop even past --max-drop-fraction.")
 @quiet_option
@@ -293,7 +295,7 @@ def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_
               show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=DEMO_EPOCHS, show_default=True,
               help="Training epochs.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEMO_LR, show_default=True,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=DEMO_LR, show_default=True,
               help="Learning rate: low, so the tiny model keeps unrelated identities near-orthogonal (README).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @quiet_option

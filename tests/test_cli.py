@@ -603,3 +603,19 @@ def test_outputs_respect_the_umask(scores_file, tmp_path: Path) -> None:  # noqa
         os.umask(previous)
     for name in ("clean.parquet", "clean.dropped.parquet", "clean.classes.parquet"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+@pytest.mark.parametrize("args", [
+    ("prune", "s.parquet", "--out", "c.parquet", "--angle", "nan"),
+    ("prune", "s.parquet", "--out", "c.parquet", "--max-drop-fraction", "nan"),
+    ("train", "data", "--out", "run", "--lr", "inf"),
+    ("train", "data", "--out", "run", "--max-bad-fraction", "nan"),
+    ("train", "data", "--out", "run", "--scale", "inf"),
+    ("score", "run", "data", "--out", "s.parquet", "--max-bad-fraction", "nan"),
+    ("demo", "--lr", "inf"),
+], ids=lambda args: f"{args[0]} {args[-2]} {args[-1]}")
+def test_non_finite_option_values_are_usage_errors(args: tuple[str, ...], tmp_path: Path) -> None:
+    """NaN compares false with both bounds of a range, so a plain FloatRange would let it through."""
+    result = invoke(*args)
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert "is not a finite number" in result.stderr
