@@ -262,8 +262,8 @@ def _same_file(a: Path, b: Path) -> bool:
 def check_distinct(inputs: Mapping[str, str | Path | None], outputs: Mapping[str, str | Path | None]) -> None:
     """Refuse an output that resolves to an input or to another output; keys name the options in the message.
 
-    Folders count too: an output folder may not be an input, and an input file may not lie inside an output
-    folder that the command replaces (callers list such folders among the outputs).
+    Paths are compared as files or folders alike (an output folder that is the input folder is refused); an
+    input *inside* an output folder is the caller's to check, as only the caller knows what it writes there.
     """
     given_inputs = [(name, Path(path)) for name, path in inputs.items() if path is not None]
     given_outputs = [(name, Path(path)) for name, path in outputs.items() if path is not None]

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
+from helpers import assert_error, assert_ok, invoke
 from PIL import Image
 
 from facecleaner import __version__, cli
-from facecleaner.cli import main
 
 TINY = ["--backbone", "tiny", "--image-size", "16", "--embedding-size", "16", "--epochs", "2", "--batch-size", "8",
         "--device", "cpu"]
@@ -33,32 +33,6 @@ LOGGER = logging.getLogger("facecleaner")
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
-
-def invoke(*args: object) -> Result:
-    """Run the CLI in-process with its own stderr: the CLI's log handler is removed again afterwards."""
-    saved_handlers, saved_level = LOGGER.handlers[:], LOGGER.level
-    LOGGER.handlers = [h for h in saved_handlers if not getattr(h, "_facecleaner_cli", False)]
-    try:
-        return CliRunner().invoke(main, [str(a) for a in args])
-    finally:
-        LOGGER.handlers, LOGGER.level = saved_handlers, saved_level
-
-
-def assert_ok(result: Result) -> None:
-    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr, result.exception)
-
-
-def assert_error(result: Result, *fragments: str) -> str:
-    """Exit 1 with exactly one ``Error: <what> — <fix>`` line on stderr, nothing on stdout, no traceback."""
-    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and " — " in lines[0], result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
 
 def temp_files(folder: Path) -> list[Path]:
     return [p for p in Path(folder).rglob(".*") if ".tmp" in p.name]

@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from helpers import assert_error, assert_ok, check_insightface_layout, invoke
 from PIL import Image
-from test_cli import assert_error, assert_ok, invoke
-from test_exports import check_insightface_layout
 
 from facecleaner import api
 from facecleaner.manifests.schema import METADATA_KEY

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import check_insightface_layout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -30,7 +30,6 @@ from facecleaner.manifests.io import manifest_metadata, write_manifest
 from facecleaner.manifests.schema import scores_schema
 from facecleaner.sources.recordio import RecordIOWriter, open_recordio
 
-MAGIC = 0xCED7230A
 
 
 # --- building a clean manifest without training --------------------------------------------------------------
@@ -105,43 +104,6 @@ def clean(tmp_path: Path) -> Path:
 
 def source_file(clean: Path, row: dict) -> Path:
     return clean.parent / "data" / row["path"]
-
-
-# --- an independent RecordIO reader (struct-level, from the format description) ------------------------------
-
-def read_records(rec: Path, idx: Path) -> dict[int, tuple[int, tuple[float, ...], float, bytes]]:
-    """key → (flag, extra labels, header label, image bytes), following train.idx; no continuation parts here."""
-    data = rec.read_bytes()
-    records = {}
-    for line in idx.read_text().splitlines():
-        key, offset = (int(v) for v in line.split("\t"))
-        magic, lrecord = struct.unpack_from("<II", data, offset)
-        assert magic == MAGIC and lrecord >> 29 == 0
-        payload = data[offset + 8:offset + 8 + (lrecord & ((1 << 29) - 1))]
-        flag, label, _, _ = struct.unpack_from("<IfQQ", payload)
-        extra = struct.unpack_from(f"<{flag}f", payload, 24)
-        records[key] = (flag, extra, label, payload[24 + 4 * flag:])
-    return records
-
-
-def check_insightface_layout(dest: Path) -> tuple[list[int], list[bytes]]:
-    """Key 0 announces the identity records; their ranges tile 1..N with one label each; returns labels, images."""
-    records = read_records(dest / "train.rec", dest / "train.idx")
-    flag, (first_identity, end_identity), _, _ = records[0]
-    assert flag == 2
-    n = int(first_identity) - 1
-    labels = [int(records[key][2]) for key in range(1, n + 1)]
-    images = [records[key][3] for key in range(1, n + 1)]
-    assert all(records[key][0] == 0 for key in range(1, n + 1))
-    start = 1
-    for key in range(int(first_identity), int(end_identity)):
-        identity_flag, (first, end), _, _ = records[key]
-        assert identity_flag == 2 and int(first) == start and int(end) > start
-        assert len({labels[k - 1] for k in range(int(first), int(end))}) == 1
-        start = int(end)
-    assert start == n + 1 and len(records) == n + 1 + (int(end_identity) - int(first_identity))
-    assert labels == sorted(labels)
-    return labels, images
 
 
 # --- rec -----------------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import Result
 from conftest import write_scores
+from helpers import invoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import invoke
 from test_edited_manifests import jpeg
 
 from facecleaner import api

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from helpers import assert_error, assert_ok, invoke
 from PIL import Image
-from test_cli import assert_error, assert_ok, invoke
 
 from facecleaner.cli import main
 from facecleaner.sources.recordio import RecordIOWriter

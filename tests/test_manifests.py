@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_cli import assert_error, invoke
+from helpers import assert_error, invoke
 
 from facecleaner import api
 from facecleaner.errors import InputError

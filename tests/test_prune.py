@@ -14,9 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import assert_error, assert_ok, invoke
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cli import assert_error, assert_ok, invoke
 
 from facecleaner import api
 from facecleaner.errors import InputError, PruneRefused

@@ -25,10 +25,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import assert_error, assert_ok, invoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_cli import assert_error, assert_ok, invoke
 
 from facecleaner import api, fileio
 from facecleaner.errors import FaceCleanerError, InputError

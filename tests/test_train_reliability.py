@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import assert_error, assert_ok, invoke
 from PIL import Image
-from test_cli import assert_error, assert_ok, invoke
 
 from facecleaner import api, fileio
 from facecleaner.config import TrainConfig

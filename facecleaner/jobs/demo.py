@@ -14,6 +14,7 @@ from facecleaner.jobs.prune import prune
 from facecleaner.jobs.score import score
 from facecleaner.jobs.train import SUMMARY_FILE, train
 from facecleaner.progress import logger
+from facecleaner.scoring.workarea import WORK_SUFFIX
 
 #: Marks a folder as a demo's, listing what the demo writes there; a later demo replaces exactly these.
 MARKER = ".facecleaner-demo.json"
@@ -21,7 +22,7 @@ DATA, RUN, SCORES = "data", "run", "scores.parquet"
 RULE_FILES = {"paper": "clean.parquet", "drop_non_dominant": "clean_strict.parquet"}
 ENTRIES = (DATA, RUN, SCORES, "scores.classes.parquet", "clean.parquet", "clean.dropped.parquet",
            "clean.classes.parquet", "clean_strict.parquet", "clean_strict.dropped.parquet",
-           "clean_strict.classes.parquet", SUMMARY_FILE)
+           "clean_strict.classes.parquet", f"{SCORES}{WORK_SUFFIX}", SUMMARY_FILE)
 
 
 def demo(out: str | Path = "facecleaner-demo", identities: int = DEMO_IDENTITIES,
