@@ -30,8 +30,6 @@ from facecleaner.manifests.io import manifest_metadata, write_manifest
 from facecleaner.manifests.schema import scores_schema
 from facecleaner.sources.recordio import RecordIOWriter, open_recordio
 
-
-
 # --- building a clean manifest without training --------------------------------------------------------------
 
 def jpeg_bytes(seed: int, size: int = 16) -> bytes:
