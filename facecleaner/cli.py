@@ -98,6 +98,17 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+class AngleParam(click.ParamType):
+    """``--angle``: degrees in (0, 180), or ``auto``."""
+
+    name = "DEGREES|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return FiniteFloatRange(0, 180, min_open=True, max_open=True).convert(value, param, ctx)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars or info logs on stderr.")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -241,17 +252,23 @@ def score(run_dir: Path, data: Path, out: Path, batch_size: int, device: str, pr
         f"{summary['samples']} samples ({summary['unreadable']} unreadable, {summary['resized']} resized), "
         f"median angle {summary['median_angle']:.1f}°, {summary['over_75']} over 75°, "
         f"{summary['non_dominant']} nearest a non-dominant sub-center",
+        f"suggested threshold (--angle auto): {summary['suggested_angle']:.1f}° — {summary['auto_threshold']['note']}",
     ])
 
 
 @main.command()
 @click.argument("scores", type=PATH)
-@click.option("--angle", type=FiniteFloatRange(0, 180, min_open=True, max_open=True), default=75.0, show_default=True,
-              help="Drop samples more than this many degrees from their class's dominant sub-center.")
+@click.option("--angle", type=AngleParam(), default="75", show_default=True,
+              help="Drop samples more than this many degrees from their class's dominant sub-center (0<x<180); "
+                   "'auto' reads it from the scores (the valley between the clean and noise modes, 75 when the "
+                   "angles show no noise mode).")
 @click.option("--out", type=PATH, required=True, help="The clean manifest to write (.parquet).")
 @click.option("--dropped", type=PATH, default=None, help="The dropped manifest [default: OUT's stem + .dropped].")
 @click.option("--drop-non-dominant", is_flag=True,
               help="Also drop samples nearest a non-dominant sub-center even within the angle.")
+@click.option("--drop-other-class", is_flag=True,
+              help="Also drop samples within the angle that are nearer another class (angle_other) than their "
+                   "own class's dominant sub-center: the sign of a flipped label (reason other_class).")
 @click.option("--min-images", type=click.IntRange(min=1), default=1, show_default=True,
               help="Drop classes left with fewer kept images than this.")
 @click.option("--max-drop-fraction", type=FiniteFloatRange(0, 1), default=0.5, show_default=True,
@@ -259,28 +276,34 @@ def score(run_dir: Path, data: Path, out: Path, batch_size: int, device: str, pr
 @click.option("--force", is_flag=True, help="Drop even past --max-drop-fraction.")
 @quiet_option
 @json_option
-def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_dominant: bool, min_images: int,
-          max_drop_fraction: float, force: bool, quiet: bool, as_json: bool) -> None:
+def prune(scores: Path, angle: float | str, out: Path, dropped: Path | None, drop_non_dominant: bool,
+          drop_other_class: bool, min_images: int, max_drop_fraction: float, force: bool, quiet: bool,
+          as_json: bool) -> None:
     """Keep the clean core of each identity; write clean and dropped manifests.
 
     The paper's rule: drop every sample over --angle degrees from its class's dominant sub-center
     (a sample exactly at the threshold is kept, one whose angle is not a number is dropped). The clean
     manifest adds new_label (contiguous 0..C'-1), the dropped one adds reason (unreadable, non_dominant,
-    angle, small_class); OUT's .classes.parquet holds the per-class counts. The three files are published
-    together. SCORES may also be a scores table edited with pandas or duckdb (without facecleaner's
-    metadata) that still has the decision columns.
+    angle, other_class, small_class); OUT's .classes.parquet holds the per-class counts. --angle auto
+    reads the threshold from the scores: for a small set or model the right one often lies well inside
+    75. The three files are published together. SCORES may also be a scores table edited with pandas
+    or duckdb (without facecleaner's metadata) that still has the decision columns.
 
     \b
     Example:
       facecleaner prune scores.parquet --angle 75 --out clean.parquet --min-images 3
+      facecleaner prune scores.parquet --angle auto --out clean.parquet
     """
     from facecleaner import api
 
     _setup_logging(quiet)
     summary = _run(api.prune)(scores, out, angle=angle, dropped=dropped, drop_non_dominant=drop_non_dominant,
-                              min_images=min_images, max_drop_fraction=max_drop_fraction, force=force)
+                              min_images=min_images, max_drop_fraction=max_drop_fraction, force=force,
+                              drop_other_class=drop_other_class)
     reasons = ", ".join(f"{name} {count}" for name, count in summary["by_reason"].items() if count)
+    auto = summary["auto_threshold"]
     _emit(summary, as_json, [
+        *([f"angle: {summary['angle']:.1f}° (auto: {auto['note']})"] if auto else []),
         f"clean: {summary['clean']} ({summary['kept']} of {summary['samples']} samples, "
         f"{summary['classes_kept']} of {summary['classes']} identities)",
         f"dropped: {summary['dropped']} ({summary['dropped_samples']} samples{': ' + reasons if reasons else ''})",

@@ -15,7 +15,7 @@ from facecleaner.manifests.schema import scores_schema
 def write_scores(path: Path, class_index: list[int], angle: list[float | None], is_dominant: list[bool | None],
                  status: list[str] | None = None, labels: list | None = None, subcenters: int = 3,
                  paths: list[str | None] | None = None, rec_index: list[int | None] | None = None,
-                 **meta: object) -> Path:
+                 angle_other: list[float] | None = None, **meta: object) -> Path:
     """A scores manifest with the given decision columns; the other geometry columns are plausible filler.
 
     ``paths`` default to ``img/<row>.jpg``; ``meta`` adds metadata fields (``input_root=…``)."""
@@ -38,7 +38,7 @@ def write_scores(path: Path, class_index: list[int], angle: list[float | None], 
         "angle": pa.array([a if good else None for a, good in zip(angle, ok, strict=True)], type=pa.float32()),
         "angle_nearest": pa.array([a if good else None for a, good in zip(angle, ok, strict=True)], type=pa.float32()),
         "nearest_other_class": pa.array([0] * n, type=pa.int32()),
-        "angle_other": pa.array([90.0] * n, type=pa.float32()),
+        "angle_other": pa.array(angle_other if angle_other is not None else [90.0] * n, type=pa.float32()),
         "status": pa.array(status),
     }
     table = pa.Table.from_arrays(list(columns.values()), schema=scores_schema(label_type))

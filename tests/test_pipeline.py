@@ -13,6 +13,8 @@ import torch
 
 from facecleaner import api
 from facecleaner.config import TrainConfig
+from facecleaner.jobs import train as train_job
+from facecleaner.scoring.health import assess
 from facecleaner.sources import dataset
 from facecleaner.sources.synthetic import generate_noisy_faces
 from facecleaner.training import loop
@@ -115,6 +117,7 @@ def test_in_process_training_decodes_each_image_once(noisy_set: Path, tmp_path: 
     """The in-process loader keeps decoded images (second epoch decodes nothing); without the cache the same
     weights come out, decoding every epoch."""
     decoded: list[int] = []
+    monkeypatch.setattr(train_job, "_guard", lambda *args: assess(np.array([30.0])))  # decodes on its own
     real_decode = dataset.decode_and_resize
     monkeypatch.setattr(dataset, "decode_and_resize", lambda *args: decoded.append(1) or real_decode(*args))
     samples = len(pd.read_parquet(noisy_set))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -116,7 +117,7 @@ def test_prune_refuses_to_drop_most_samples_unless_forced(scores_file, tmp_path)
 @pytest.mark.parametrize("angle", [0, -5, 180, 200])
 def test_angle_outside_open_interval_is_refused(scores_file, tmp_path, angle) -> None:  # noqa: ANN001
     path = scores_file([0, 1], [10, 20], [True, True])
-    with pytest.raises(InputError, match="outside \\(0, 180\\)"):
+    with pytest.raises(InputError, match="neither 'auto' nor in \\(0, 180\\)"):
         api.prune(path, tmp_path / "clean.parquet", angle=angle)
 
 
@@ -337,3 +338,69 @@ def test_a_csv_scores_file_is_refused_with_a_fix(tmp_path) -> None:  # noqa: ANN
     (tmp_path / "scores.csv").write_text("class_index,label\n0,a\n")
     with pytest.raises(InputError, match="prune reads scores as Parquet"):
         api.prune(tmp_path / "scores.csv", tmp_path / "clean.parquet")
+
+
+def test_other_class_rule_on_hand_checked_rows() -> None:
+    classes = np.array([0, 0, 0, 1, 1, 1])
+    readable = np.array([True, True, True, True, False, True])
+    dominant = np.ones(6, dtype=bool)
+    angle = np.array([30.0, 50.0, 80.0, 40.0, np.nan, 20.0])
+    other = np.array([60.0, 45.0, 40.0, np.nan, 10.0, 20.0])
+    d = decide(classes, readable, dominant, angle, 2, 75.0, angle_other=other)
+    names = [REASONS[r] if r != KEPT else "kept" for r in d.reason]
+    # nearer another class (45 < 50) within the angle: other_class; over the angle: angle first; no other class
+    # (NaN): kept; exactly as near another class as its own (20 = 20): kept.
+    assert names == ["kept", "other_class", "angle", "kept", "unreadable", "kept"]
+    without = decide(classes, readable, dominant, angle, 2, 75.0)
+    assert [REASONS[r] if r != KEPT else "kept" for r in without.reason][1] == "kept"
+
+
+def two_mode_angles(clean: int, noise: int, seed: int) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(30, 5, clean), rng.normal(90, 8, noise)]).round(2).tolist()
+
+
+def test_angle_auto_cuts_at_the_valley_and_records_it(scores_file, tmp_path) -> None:  # noqa: ANN001
+    from facecleaner.manifests.io import read_metadata
+    from facecleaner.pruning.threshold import choose_threshold
+
+    angles = two_mode_angles(800, 200, seed=1)
+    classes = [i % 20 for i in range(1000)]
+    path = scores_file(classes, angles, [True] * 1000)
+    summary = api.prune(path, tmp_path / "clean.parquet", angle="auto")
+    grid = np.arange(30, 90, 0.001)  # the mixture density's minimum, from the two normals themselves
+    density = 0.8 * np.exp(-0.5 * ((grid - 30) / 5) ** 2) / 5 + 0.2 * np.exp(-0.5 * ((grid - 90) / 8) ** 2) / 8
+    assert summary["angle"] == pytest.approx(grid[np.argmin(density)], abs=3.0)
+    assert summary["angle"] == choose_threshold(np.array(angles, dtype=np.float32)).angle
+    auto = summary["auto_threshold"]
+    assert auto["noise_mode"] and auto["noise_share"] == pytest.approx(0.2, abs=0.02)
+    dropped = pd.read_parquet(tmp_path / "clean.dropped.parquet")
+    assert (dropped["angle"] > summary["angle"]).all() and set(dropped["reason"]) == {"angle"}
+    assert len(dropped) == sum(a > summary["angle"] for a in np.array(angles, dtype=np.float32))
+    for role in ("clean.parquet", "clean.dropped.parquet", "clean.classes.parquet"):
+        meta = read_metadata(tmp_path / role)
+        assert meta["angle_threshold"] == summary["angle"] and meta["angle_choice"] == "auto"
+        assert meta["auto_threshold"] == auto
+
+
+def test_angle_auto_without_a_noise_mode_falls_back_to_75(scores_file, tmp_path) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(2)
+    angles = rng.gamma(9.0, 4.0, 600).round(2).tolist()  # one skewed mode
+    path = scores_file([i % 6 for i in range(600)], angles, [True] * 600)
+    result = invoke("prune", path, "--out", tmp_path / "clean.parquet", "--angle", "AUTO", "--json")
+    assert_ok(result)
+    summary = json.loads(result.stdout)
+    assert summary["angle"] == 75.0 and not summary["auto_threshold"]["noise_mode"]
+    assert "no separate noise mode" in summary["auto_threshold"]["note"]
+    human = invoke("prune", path, "--out", tmp_path / "again.parquet", "--angle", "auto")
+    assert human.stdout.splitlines()[0].startswith("angle: 75.0° (auto: the angles show no separate noise mode")
+
+
+def test_drop_other_class_through_the_cli(scores_file, tmp_path) -> None:  # noqa: ANN001
+    path = scores_file([0, 0, 1, 1], [20.0, 40.0, 30.0, 80.0], [True] * 4, angle_other=[50.0, 35.0, 29.0, 60.0])
+    result = invoke("prune", path, "--out", tmp_path / "c.parquet", "--drop-other-class", "--force", "--json")
+    assert_ok(result)
+    summary = json.loads(result.stdout)
+    assert summary["by_reason"]["other_class"] == 2 and summary["by_reason"]["angle"] == 1
+    dropped = pd.read_parquet(tmp_path / "c.dropped.parquet")
+    assert dropped.set_index("sample_id")["reason"].to_dict() == {1: "other_class", 2: "other_class", 3: "angle"}

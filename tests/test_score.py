@@ -321,6 +321,14 @@ def test_any_batch_layout_equals_one_image_at_a_time(scene: Scene, tmp_path: Pat
     for column in ("angle", "angle_nearest", "angle_other"):
         np.testing.assert_allclose(got[column].to_numpy(), expected[column][readable], atol=2e-3, err_msg=column)
     assert summary["median_angle"] == pytest.approx(float(np.median(expected["angle"][readable])), abs=2e-3)
+    health = summary["health"]  # the same measures for every K, from the angles to the dominant sub-center
+    assert health["median_angle"] == summary["median_angle"] and health["samples"] == int(readable.sum())
+    assert health["unseparated_share"] == pytest.approx(float(np.mean(expected["angle"][readable] > 90)))
+    gaps = expected["angle_other"][readable] - expected["angle"][readable]
+    assert health["median_gap"] == pytest.approx(float(np.median(gaps)), abs=2e-3)
+    meta = json.loads(pq.read_schema(folder / "s.parquet").metadata[b"facecleaner"])
+    assert meta["health"] == health and meta["auto_threshold"] == summary["auto_threshold"]
+    assert summary["suggested_angle"] == summary["auto_threshold"]["angle"]
 
 
 # --- 7: resume -----------------------------------------------------------------------------------------------------

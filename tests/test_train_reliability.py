@@ -388,7 +388,7 @@ def test_help_shows_every_range() -> None:
 
 def test_train_log_holds_the_convergence_warning(data: Path, tmp_path: Path) -> None:
     summary = api.train(data, tmp_path / "run", TrainConfig(epochs=1, lr=1e-9, **TINY), progress=False)
-    assert not summary["separated"]
+    assert not summary["separated"] and summary["health"]["warnings"]
     log = (tmp_path / "run" / "train.log").read_text()
-    assert f"WARNING {summary['warning']}" in log
+    assert all(f"WARNING {warning}" in log for warning in summary["health"]["warnings"])
     assert "INFO training tiny on 48 samples of 6 identities" in log and "INFO epoch 1/1" in log

@@ -31,31 +31,37 @@ from facecleaner.manifests.schema import NEW_LABEL, REASON, REASONS
 from facecleaner.progress import logger
 
 DEFAULT_ANGLE = 75.0
+#: ``--angle auto``: the threshold read from the scores (:mod:`facecleaner.pruning.threshold`).
+AUTO = "auto"
 #: Metadata of the scores file that its clean and dropped manifests carry on.
 INHERITED = ("model", "checkpoint_sha256", "input_fingerprint", "num_classes", "input_root")
 
 
-def check_options(angle: float, min_images: int, max_drop_fraction: float) -> None:
+def check_options(angle: float | str, min_images: int, max_drop_fraction: float) -> None:
     """The option ranges (the CLI enforces them as usage errors; library callers get an InputError)."""
-    if not 0.0 < angle < 180.0:
-        raise InputError(f"--angle {angle} is outside (0, 180) degrees", "the paper's threshold is 75")
+    if angle != AUTO and not (isinstance(angle, int | float) and 0.0 < angle < 180.0):
+        raise InputError(f"--angle {angle!r} is neither 'auto' nor in (0, 180) degrees",
+                         "the paper's threshold is 75; 'auto' reads it from the scores")
     if min_images < 1:
         raise InputError("--min-images must be at least 1", "give a positive number")
     if not 0.0 <= max_drop_fraction <= 1.0:
         raise InputError("--max-drop-fraction must be in [0, 1]", "the default is 0.5")
 
 
-def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dropped: str | Path | None = None,
+def prune(scores: str | Path, out: str | Path, angle: float | str = DEFAULT_ANGLE, dropped: str | Path | None = None,
           drop_non_dominant: bool = False, min_images: int = 1, max_drop_fraction: float = 0.5,
-          force: bool = False) -> dict[str, Any]:
+          force: bool = False, drop_other_class: bool = False) -> dict[str, Any]:
     """Split a scores table into clean (with ``new_label``) and dropped (with ``reason``) manifests.
 
     ``scores`` is a manifest written by ``score`` or the user's edit of one (without our metadata: the class
-    and sub-center counts then come from the data).
+    and sub-center counts then come from the data). ``angle="auto"`` reads the threshold from the scores' angles
+    (the valley between their clean and noise modes, 75° when there is none); ``drop_other_class`` also drops a
+    sample within the threshold that is nearer another class than its own dominant sub-center.
     """
     from facecleaner.manifests.classes import classes_table
     from facecleaner.manifests.validate import read_scores
     from facecleaner.pruning.rules import decide
+    from facecleaner.pruning.threshold import choose_threshold
 
     check_options(angle, min_images, max_drop_fraction)
     scores, out = Path(scores), Path(out)
@@ -68,9 +74,13 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
         logger.info("completed an interrupted prune left by a killed process: %s", ", ".join(recovered))
     # Decide from the few columns the rule needs, then stream the whole rows through: memory stays at the
     # decision columns plus one batch, however wide the input's extra columns are.
-    columns, meta = read_scores(scores)
+    columns, meta = read_scores(scores, other_class=drop_other_class)
+    auto = choose_threshold(columns.angle[columns.readable], fallback=DEFAULT_ANGLE) if angle == AUTO else None
+    threshold = auto.angle if auto is not None else float(angle)
+    if auto is not None:
+        logger.info("--angle auto: %s", auto.note)
     decision = decide(columns.class_index, columns.readable, columns.is_dominant, columns.angle,
-                      columns.num_classes, angle, drop_non_dominant, min_images)
+                      columns.num_classes, threshold, drop_non_dominant, min_images, columns.angle_other)
     keep = decision.keep
     dropped_count = int((~keep).sum())
     if dropped_count > max_drop_fraction * len(keep) and not force:
@@ -87,7 +97,9 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
     run_id = new_run_id()
     rows = {"clean": int(keep.sum()), "dropped": dropped_count, "classes": classes.num_rows}
     base_meta = {key: meta[key] for key in INHERITED if key in meta}
-    base_meta |= {"angle_threshold": angle, "rule": rule, "min_images": min_images, "scores": str(scores)}
+    base_meta |= {"angle_threshold": threshold, "angle_choice": AUTO if auto else "fixed", "rule": rule,
+                  "drop_other_class": drop_other_class, "min_images": min_images, "scores": str(scores),
+                  **({"auto_threshold": auto.as_dict()} if auto else {})}
 
     def metadata(role: str) -> dict[str, Any]:
         return manifest_metadata(role, **base_meta, **companion_fields(outputs, rows, run_id, role))
@@ -111,9 +123,21 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
                 write_dropped(part.filter(pa.array(~kept)).append_column(REASON, reason_names.take(codes)))
                 start = stop
         write_table(classes_tmp, classes, metadata("classes"))
+    warnings = _health_warnings(meta)
+    for warning in warnings:  # after the work: an error, if any, stays the one line on stderr
+        logger.warning("the scores' model: %s", warning)
     by_reason = {name: int((decision.reason == code).sum()) for code, name in enumerate(REASONS)}
     kept_classes = int((decision.class_new_label >= 0).sum())
     return {"clean": str(out), "dropped": str(outputs["dropped"]), "samples": len(keep), "kept": rows["clean"],
             "dropped_samples": dropped_count, "by_reason": by_reason,
-            "classes": int(len(np.unique(columns.class_index))), "classes_kept": kept_classes, "angle": angle,
-            "rule": rule, "run_id": run_id, "recovered": recovered}
+            "classes": int(len(np.unique(columns.class_index))), "classes_kept": kept_classes, "angle": threshold,
+            "auto_threshold": auto.as_dict() if auto else None, "rule": rule, "drop_other_class": drop_other_class,
+            "run_id": run_id, "recovered": recovered,
+            "warnings": warnings}
+
+
+def _health_warnings(meta: dict[str, Any]) -> list[str]:
+    """The model-health warnings score recorded (metadata may have been edited: only strings are taken)."""
+    health = meta.get("health")
+    found = health.get("warnings") if isinstance(health, dict) else None
+    return [w for w in found if isinstance(w, str)] if isinstance(found, list) else []

@@ -128,6 +128,8 @@ def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd
                    out: Path, embeddings: Path | None, max_bad_fraction: float) -> dict[str, Any]:
     """Rank 0's end of the run: every sample's measurements → the vote, the angles, and the three outputs."""
     from facecleaner.manifests.classes import classes_table
+    from facecleaner.pruning.threshold import choose_threshold
+    from facecleaner.scoring.health import assess
     from facecleaner.scoring.measure import NON_FINITE, scores_table, summarize
 
     spec = model.spec
@@ -145,6 +147,8 @@ def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd
         raise TooManyBadSamples(f"none of the {count} samples gave a finite angle (each is unreadable or has a "
                                 "non-finite embedding), so there is no median angle and nothing to prune by",
                                 "check the images and the model (with --precision fp16/bf16, try fp32)")
+    auto = choose_threshold(angles, fallback=DEFAULT_ANGLE)
+    health = assess(angles, scores.angle_other[raw.readable], auto.noise_share, auto.angle)
     manifest = scores_table(table, class_index, scores)
     classes = classes_table(class_index, manifest["label"], raw.readable, scores.nearest,
                             scores.dominant[class_index], spec.subcenters)
@@ -152,7 +156,8 @@ def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd
         "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
                          "scale": spec.scale, "embedding_size": spec.embedding_size, "image_size": spec.image_size},
         num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
-        input_fingerprint=table_fingerprint(table), input_root=source_root(source), run_id=new_run_id())
+        input_fingerprint=table_fingerprint(table), input_root=source_root(source), run_id=new_run_id(),
+        health=health.as_dict(), auto_threshold=auto.as_dict())
     paths = [out, sibling(out, "classes")] + ([embeddings] if embeddings is not None else [])
     with atomic_outputs(paths) as temps:
         write_table(temps[0], manifest, meta | {"rows": manifest.num_rows})
@@ -166,14 +171,13 @@ def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd
     if non_finite:
         logger.warning("%d samples gave a non-finite embedding and are recorded as unreadable (with --precision "
                        "fp16/bf16 an overflow does this: try fp32)", non_finite)
-    if median > DEFAULT_ANGLE:
-        logger.warning("median angle %.0f° is over %.0f°: the model has not separated the classes, and pruning "
-                       "at %.0f° would drop most samples; retrain (see `facecleaner train --help`)",
-                       median, DEFAULT_ANGLE, DEFAULT_ANGLE)
+    for warning in health.warnings:
+        logger.warning("%s", warning)
     return {
         "scores": str(out), "samples": count, "classes": len(spec.classes), "unreadable": unreadable,
         "non_finite": non_finite, "resized": int(raw.resized.sum()), "duplicate_paths": duplicates,
-        "median_angle": median, "over_75": int((angles > DEFAULT_ANGLE).sum()),
+        "median_angle": health.median_angle, "over_75": int((angles > DEFAULT_ANGLE).sum()),
+        "suggested_angle": auto.angle, "auto_threshold": auto.as_dict(), "health": health.as_dict(),
         "non_dominant": int((scores.nearest[raw.readable] != scores.dominant[class_index][raw.readable]).sum()),
     }
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facecleaner.config import TrainConfig, load_config, resolve, resume_conflicts, save_config
 from facecleaner.errors import CheckpointError, FaceCleanerError, InputError
@@ -21,6 +21,12 @@ from facecleaner.fileio import atomic_output, check_distinct, recover_outputs
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, table_fingerprint
 from facecleaner.sources.labels import encode_labels
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from facecleaner.scoring.health import Health
+    from facecleaner.sources import Source
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "train.log"
@@ -102,11 +108,25 @@ def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, p
     if world.enabled:
         summary["world_size"] = world.world
     if world.is_main:
+        health = _guard(run_dir, source, class_index, resolved)
+        summary |= {"health": health.as_dict(), "separated": health.separated,
+                    "warning": "; ".join(health.warnings) or None}
         with atomic_output(run_dir / SUMMARY_FILE) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        if result.warning:
-            logger.warning("%s", result.warning)
+        for warning in health.warnings:
+            logger.warning("%s", warning)
     return summary
+
+
+def _guard(run_dir: Path, source: Source, class_index: np.ndarray, config: TrainConfig) -> Health:
+    """The finished model's health on part of its training data, by the measure ``score`` records."""
+    import torch
+
+    from facecleaner.model.checkpoint import load_model
+    from facecleaner.scoring.probe import probe_health
+
+    return probe_health(load_model(run_dir), source, class_index, torch.device(config.device), config.precision,
+                        config.workers, config.seed)
 
 
 def _resumed_config(data: str | Path, run_dir: Path, asked: TrainConfig, fingerprint: str, samples: int,

@@ -30,7 +30,8 @@ SCORE_COLUMNS = tuple(f.name for f in SCORE_FIELDS)
 
 NEW_LABEL = pa.field("new_label", pa.int64(), nullable=False)
 REASON = pa.field("reason", pa.string(), nullable=False)
-REASONS = ("unreadable", "non_dominant", "angle", "small_class")
+#: Why a row was dropped, in the order the rule checks them (the first that applies is recorded).
+REASONS = ("unreadable", "non_dominant", "angle", "other_class", "small_class")
 
 STATUS_OK = "ok"
 

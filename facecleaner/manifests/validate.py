@@ -115,20 +115,23 @@ class ScoreColumns:
     dominant: np.ndarray  # int8, in 0..subcenters-1
     num_classes: int
     subcenters: int
+    angle_other: np.ndarray | None = None  # float32, NaN where null; read only for the other-class rule
 
 
-def read_scores(path: Path) -> tuple[ScoreColumns, dict[str, Any]]:
+def read_scores(path: Path, other_class: bool = False) -> tuple[ScoreColumns, dict[str, Any]]:
     """The decision columns of a scores table, ours or edited (then class and sub-center counts come from
-    the data), with the metadata (``{}`` without ours); InputError at the first thing that is not right."""
+    the data), with the metadata (``{}`` without ours); InputError at the first thing that is not right.
+    ``other_class`` also reads ``angle_other`` (the other-class rule needs it)."""
     path = Path(path)
     if is_csv(path):  # prune streams the rows through: it needs the column types a Parquet file keeps
         raise InputError(f"{path} is a CSV file; prune reads scores as Parquet",
                          "write it as Parquet, e.g. pandas.read_csv(path).to_parquet('scores.parquet')")
     names, meta = table_columns(path, "scores")
-    require_columns(path, names, DECISION_COLUMNS,
+    wanted = DECISION_COLUMNS + (("angle_other",) if other_class else ())
+    require_columns(path, names, wanted,
                     f"give a scores manifest written by `facecleaner score` (prune needs the columns "
-                    f"{', '.join(DECISION_COLUMNS)})")
-    table = read_columns(path, DECISION_COLUMNS)
+                    f"{', '.join(wanted)})")
+    table = read_columns(path, wanted)
     types = {f.name: f.type for f in SCORE_FIELDS}
     status = as_type(path, "status", table["status"], pa.string())
     require_values(path, "status", status)
@@ -149,12 +152,14 @@ def read_scores(path: Path) -> tuple[ScoreColumns, dict[str, Any]]:
         require_range(path, name, integers[name], subcenters,
                       f" (the model's {subcenters} sub-centers)" if subcenters else "")
     angle = as_type(path, "angle", table["angle"], types["angle"])
+    angle_other = as_type(path, "angle_other", table["angle_other"], types["angle_other"]) if other_class else None
     is_dominant = as_type(path, "is_dominant", table["is_dominant"], types["is_dominant"])
     class_index = integers["class_index"]
     return ScoreColumns(
         class_index=class_index, labels=labels, readable=readable,
         is_dominant=pc.fill_null(is_dominant, False).to_numpy(zero_copy_only=False),
         angle=pc.fill_null(angle, np.nan).to_numpy(zero_copy_only=False),
+        angle_other=None if angle_other is None else pc.fill_null(angle_other, np.nan).to_numpy(zero_copy_only=False),
         nearest=integers["nearest_subcenter"], dominant=integers["dominant_subcenter"],
         num_classes=num_classes or (int(class_index.max()) + 1 if len(class_index) else 0),
         subcenters=subcenters or int(max(integers["nearest_subcenter"].max(initial=0),

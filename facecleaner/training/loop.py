@@ -51,9 +51,6 @@ from facecleaner.training.schedule import lr_factor, margin_at
 METRICS_FILE = "metrics.jsonl"
 POSTFIX_EVERY = 20  # steps between progress-bar loss readings
 NAMED_UNREADABLE = 5  # unreadable samples named when too many abort the run
-# Below these the model has not separated the classes: scoring with it would drop nearly everything.
-MIN_SEPARATED_ACCURACY = 0.3
-MAX_SEPARATED_ANGLE = 70.0
 
 
 @dataclass
@@ -68,8 +65,6 @@ class TrainResult:
     final_accuracy: float
     final_mean_angle: float
     images_per_second: float
-    separated: bool
-    warning: str | None
 
 
 class Interrupted(FaceCleanerError):
@@ -258,13 +253,8 @@ class _EpochSums:
 def _result(run_dir: Path, config: TrainConfig, steps: int, classes: int, samples: int, unreadable: int,
             history: list[dict[str, Any]], speed: float) -> TrainResult:
     metrics = history[-1] if history else {"loss": math.nan, "accuracy": 0.0, "mean_angle": 180.0}
-    separated = metrics["accuracy"] >= MIN_SEPARATED_ACCURACY and metrics["mean_angle"] <= MAX_SEPARATED_ANGLE
-    warning = None if separated else (
-        f"the model has not separated the classes (train accuracy {metrics['accuracy']:.2f}, mean angle to the "
-        f"label's sub-center {metrics['mean_angle']:.0f}°): scores from it would drop most samples; train longer "
-        "(--epochs), lower --scale or --lr, or start from a pretrained backbone (--init-backbone)")
     return TrainResult(str(run_dir), config.epochs, steps, classes, samples, unreadable, metrics["loss"],
-                       metrics["accuracy"], metrics["mean_angle"], speed, separated, warning)
+                       metrics["accuracy"], metrics["mean_angle"], speed)
 
 
 def _save_checkpoint(run_dir: Path, spec: ModelSpec, backbone: torch.nn.Module, head: torch.nn.Module,
