@@ -297,7 +297,7 @@ def prune(scores: Path, angle: float, out: Path, dropped: Path | None, drop_non_
               help="Training epochs.")
 @click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=DEMO_LR, show_default=True,
               help="Learning rate: low, so the tiny model keeps unrelated identities near-orthogonal (README).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @quiet_option
 @json_option
 def demo(out: Path, identities: int, images_per_identity: int, epochs: int, lr: float, seed: int, quiet: bool,

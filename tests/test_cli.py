@@ -24,7 +24,8 @@ from click.testing import CliRunner, Result
 from helpers import assert_error, assert_ok, invoke
 from PIL import Image
 
-from facecleaner import __version__, cli
+from facecleaner import __version__, api, cli
+from facecleaner.errors import InputError
 
 TINY = ["--backbone", "tiny", "--image-size", "16", "--embedding-size", "16", "--epochs", "2", "--batch-size", "8",
         "--device", "cpu"]
@@ -355,6 +356,16 @@ def test_demo_figures_agree_with_its_manifests(tmp_path: Path) -> None:
     assert (out / "run" / "model.pt").stat().st_mtime_ns != first_mtime
     assert "generating faces" not in again.stderr and "\r" not in again.stderr  # no bars off a terminal
     assert not temp_files(out)
+
+
+def test_demo_seed_out_of_range_is_a_usage_error_and_the_api_refuses_it_before_generating(tmp_path: Path) -> None:
+    """The seed also seeds the generator, which ended in the catch-all on a negative one."""
+    result = invoke("demo", "--out", tmp_path / "demo", "--seed", "-1", "-q")
+    assert result.exit_code == 2 and "Invalid value for '--seed'" in result.stderr, (result.exit_code, result.stderr)
+    assert "0<=x<=2147483647" in " ".join(invoke("demo", "--help").stdout.split())
+    with pytest.raises(InputError, match="--seed must be in"):
+        api.demo(tmp_path / "demo", seed=-1, progress=False)
+    assert not (tmp_path / "demo").exists()
 
 
 def test_demo_refuses_a_folder_with_other_files_under_its_names(tmp_path: Path) -> None:
