@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -31,6 +31,7 @@ from facecleaner.config import (
 from facecleaner.errors import FaceCleanerError
 
 PATH = click.Path(path_type=Path)
+T = TypeVar("T")
 
 
 class ReportedError(click.ClickException):
@@ -39,11 +40,11 @@ class ReportedError(click.ClickException):
     exit_code = 1
 
 
-def _run(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+def _run(function: Callable[..., T]) -> Callable[..., T]:
     """Call the API, turning its errors into ``Error: …`` lines and exit 1, never a traceback."""
 
     @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return function(*args, **kwargs)
         except FaceCleanerError as exc:
@@ -189,7 +190,7 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
     from facecleaner.config import TrainConfig, load_config
 
     _setup_logging(quiet)
-    base = load_config(config_file) if config_file else TrainConfig()
+    base = _run(load_config)(config_file) if config_file else TrainConfig()
     context = click.get_current_context()
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
              if v is not None and context.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_error, invoke
 from PIL import Image
 
 from facecleaner.cli import main
@@ -50,6 +51,19 @@ def test_a_config_file_value_out_of_range_is_one_error_line(tmp_path: Path) -> N
     result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--config",
                                        str(tmp_path / "run.toml"), "-q"])
     assert result.exit_code == 1 and result.output.startswith("Error: --device must be auto, cpu, cuda or cuda:N")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('[train]\nepochs = "3"\n', "wrong type: epochs = '3'"),
+    ("[train]\nlearning_rate = 0.1\n", "unknown settings: learning_rate"),
+    ("[train\nepochs = 3\n", "cannot read config"),
+])
+def test_a_config_file_that_cannot_be_used_is_one_error_line_not_a_traceback(tmp_path: Path, text: str,
+                                                                              fragment: str) -> None:
+    (tmp_path / "run.toml").write_text(text)
+    result = invoke("train", tmp_path, "--out", tmp_path / "run", "--config", tmp_path / "run.toml", "-q")
+    assert_error(result, str(tmp_path / "run.toml"), fragment)
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_conflicts_compare_only_what_was_asked_as_resolved() -> None:
