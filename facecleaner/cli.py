@@ -184,18 +184,17 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
     Example:
       facecleaner train faces/ --out run/ --backbone r50 --epochs 20
     """
-    from dataclasses import replace
-
     from facecleaner import api
-    from facecleaner.config import TrainConfig, load_config
+    from facecleaner.config import TrainConfig, config_settings
 
     _setup_logging(quiet)
-    base = _run(load_config)(config_file) if config_file else TrainConfig()
+    settings = _run(config_settings)(config_file) if config_file else {}
     context = click.get_current_context()
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
              if v is not None and context.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-    config = replace(base, **given)
-    summary = _run(api.train)(data, out, config, resume=resume, progress=not quiet, config_file=config_file)
+    settings |= given  # flags win over the file
+    summary = _run(api.train)(data, out, TrainConfig(**settings), resume=resume, progress=not quiet,
+                              config_file=config_file, given=list(settings))
     _emit(summary, as_json, [
         f"model: {out / 'model.pt'}",
         f"{summary['samples']} samples ({summary['unreadable']} unreadable), {summary['classes']} identities, "

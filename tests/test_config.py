@@ -76,6 +76,14 @@ def test_resume_conflicts_compare_only_what_was_asked_as_resolved() -> None:
         "--margin 0.4 (the run has 0.5)", "--lr 0.3 (the run has 0.025)", "--compile (the run has False)"]
 
 
+def test_resume_conflicts_compare_every_setting_given_even_at_its_default() -> None:
+    saved = resolve(TrainConfig(device="cpu", seed=5, subcenters=1), num_samples=3_000, num_classes=100)
+    asked = TrainConfig(device="cpu", seed=0, subcenters=3)  # both are the defaults
+    assert resume_conflicts(asked, saved, 3_000, 100) == []  # not said to be given: nothing asked
+    assert resume_conflicts(asked, saved, 3_000, 100, given=["seed", "device", "subcenters"]) == [
+        "--subcenters 3 (the run has 1)", "--seed 0 (the run has 5)"]
+
+
 def test_config_file_unknown_keys_are_refused(tmp_path: Path) -> None:
     (tmp_path / "run.toml").write_text("[train]\nepochs = 3\nlearning_rate = 0.1\n")
     with pytest.raises(InputError, match="unknown settings: learning_rate"):
