@@ -155,6 +155,17 @@ def test_outputs_that_are_the_model_or_each_other_are_refused(scene: Scene, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "ours.classes.parquet", "ours.parquet"]
 
 
+def test_the_classes_file_beside_a_symlinked_data_manifest_is_protected(scene: Scene, tmp_path: Path) -> None:
+    ours = tmp_path / "data" / "ours.parquet"
+    assert_ok(score_cli(scene, scene.manifest, ours, "-q"))
+    ours_classes = ours.with_name("ours.classes.parquet")
+    before = sha256(ours_classes)
+    link = tmp_path / "link.parquet"
+    link.symlink_to(ours)
+    assert_error(score_cli(scene, link, ours_classes, "-q"), "--out", "is the DATA's classes file")
+    assert sha256(ours_classes) == before
+
+
 def test_outputs_that_are_a_recordio_input_are_refused(tmp_path: Path, no_decoding: None) -> None:
     torch.manual_seed(0)
     spec = ModelSpec(backbone="tiny", embedding_size=16, image_size=16, subcenters=2, scale=16.0, margin=0.5,

@@ -21,6 +21,7 @@ from facecleaner.fileio import atomic_outputs, check_distinct, recover_outputs
 from facecleaner.manifests.companions import companion_fields
 from facecleaner.manifests.io import (
     ROW_GROUP_ROWS,
+    input_sibling,
     manifest_metadata,
     new_run_id,
     parquet_writer,
@@ -61,7 +62,7 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
     scores, out = Path(scores), Path(out)
     outputs = {"clean": out, "dropped": Path(dropped) if dropped else sibling(out, "dropped"),
                "classes": sibling(out, "classes")}
-    check_distinct({"scores input": scores, "scores input's classes file": sibling(scores, "classes")},
+    check_distinct({"scores input": scores, "scores input's classes file": input_sibling(scores, "classes")},
                    {"--out": out, "--dropped": outputs["dropped"], "--out (its classes file)": outputs["classes"]})
     recovered = [path for done in recover_outputs(outputs.values()) for path in done.get("completed", [])]
     if recovered:

@@ -21,7 +21,7 @@ import torch
 from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, TooManyBadSamples
 from facecleaner.fileio import atomic_outputs, check_distinct, recover_outputs
 from facecleaner.jobs.prune import DEFAULT_ANGLE
-from facecleaner.manifests.io import manifest_metadata, new_run_id, read_metadata, sibling, write_table
+from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, source_root, table_fingerprint
 from facecleaner.sources.labels import lookup_labels
@@ -203,7 +203,7 @@ def _inputs(run_dir: Path, data: Path) -> dict[str, Path]:
     elif data.suffix.lower() == ".parquet":
         try:
             read_metadata(data)
-            inputs["DATA's classes file"] = sibling(data, "classes")
+            inputs["DATA's classes file"] = input_sibling(data, "classes")
         except InputError:
             pass  # not one of our manifests: it has no classes file of ours
     return inputs
