@@ -536,8 +536,9 @@ def test_too_many_unreadable_names_the_first_files(scene: Scene, tmp_path: Path)
     line = assert_error(score_cli(scene, write_manifest(tmp_path / "m.csv", paths), tmp_path / "s.parquet", "-q"),
                         "7 of 24 samples are unreadable", "--max-bad-fraction 0.01")
     named = line[line.index("): ") + 3:]
-    assert named.startswith("gone/3.png (missing file), broken.png (")
-    positions = [named.index(bad[i]) for i in (3, 4, 8, 9, 15)]
+    # The files as opened (relative to the manifest's folder), the way train names them too.
+    assert named.startswith(f"{tmp_path / 'gone/3.png'} (missing file), {tmp_path / 'broken.png'} (")
+    positions = [named.index(str(tmp_path / bad[i])) for i in (3, 4, 8, 9, 15)]
     assert positions == sorted(positions)
     assert "gone/16.png" not in named and "gone/20.png" not in named and "and 2 more" in named
 

@@ -24,6 +24,7 @@ from facecleaner.jobs.prune import DEFAULT_ANGLE
 from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, source_root, table_fingerprint
+from facecleaner.sources.base import too_many_unreadable
 from facecleaner.sources.labels import lookup_labels
 
 if TYPE_CHECKING:
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
     from facecleaner.model.checkpoint import LoadedModel
     from facecleaner.scoring.workarea import WorkArea
     from facecleaner.sources import Source
-
-#: How many unreadable samples the --max-bad-fraction error names.
-NAMED_BAD_SAMPLES = 5
 
 T = TypeVar("T")
 
@@ -135,9 +133,8 @@ def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd
     raw = area.read(count, spec.subcenters)
     unreadable = int((~raw.readable).sum())
     if unreadable > max_bad_fraction * count:
-        raise TooManyBadSamples(f"{unreadable} of {count} samples are unreadable (more than --max-bad-fraction "
-                                f"{max_bad_fraction}): {_name_bad_samples(table, raw.reasons, raw.readable)}",
-                                "fix or remove the broken files, or raise --max-bad-fraction")
+        raise too_many_unreadable(source, np.flatnonzero(~raw.readable).tolist(), raw.reasons.__getitem__,
+                                  max_bad_fraction)
     scores = summarize(raw, class_index, len(spec.classes))
     angles = scores.angle[raw.readable]
     median = float(np.median(angles)) if len(angles) else math.nan
@@ -220,18 +217,6 @@ def _check_finite_weights(model: LoadedModel, run_dir: Path) -> None:
                               f"(in {', '.join(list(bad)[:3])}{', …' if len(bad) > 3 else ''})",
                               "its training diverged: retrain (a lower --lr, or --precision fp32), or score an "
                               "earlier model")
-
-
-def _name_bad_samples(table: pd.DataFrame, reasons: np.ndarray, readable: np.ndarray) -> str:
-    """The first few unreadable samples, in input order, as ``path (reason)`` (``record N`` for RecordIO)."""
-    rows = np.flatnonzero(~readable)
-    named = []
-    for row in rows[:NAMED_BAD_SAMPLES].tolist():
-        path = table["path"].iloc[row]
-        where = path if isinstance(path, str) else f"record {table['rec_index'].iloc[row]}"
-        named.append(f"{where} ({reasons[row]})")
-    more = f" and {len(rows) - NAMED_BAD_SAMPLES} more" if len(rows) > NAMED_BAD_SAMPLES else ""
-    return ", ".join(named) + more
 
 
 def _on_rank0(world: Dist, step: Callable[[], T]) -> T:
