@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -32,6 +33,9 @@ from facecleaner.errors import InputError
 TEMP_SUFFIX = ".tmp"
 JOURNAL_PREFIX = ".facecleaner-commit."
 JOURNAL_SUFFIX = ".json"
+#: The package's logger (``facecleaner.progress.logger``), named here so that this module imports nothing of ours
+#: but the errors.
+_logger = logging.getLogger("facecleaner")
 _TAG = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>[0-9]+)\.[0-9a-f]{8}")
 
 
@@ -200,7 +204,8 @@ def _fault_point(where: str) -> None:
 
 
 def recover_journals(folder: Path) -> list[dict]:
-    """Finish (or roll back) the journaled commits in ``folder`` whose process died; returns what was done."""
+    """Finish (or roll back) the journaled commits in ``folder`` whose process died; returns what was done and
+    logs it, so every command says the same thing when it repairs what another left."""
     done = []
     try:
         names = [e.name for e in os.scandir(folder) if e.name.startswith(JOURNAL_PREFIX)]
@@ -228,13 +233,16 @@ def recover_journals(folder: Path) -> list[dict]:
         for target_folder in {p.parent for _, p in pairs}:
             fsync_path(target_folder)
         journal.unlink(missing_ok=True)
-        done.append({"rolled_back" if rollback else "completed": [str(p) for _, p in pairs]})
+        targets = [str(p) for _, p in pairs]
+        _logger.info("%s the unfinished publication of %s, which a killed process left",
+                     "undid" if rollback else "completed", ", ".join(targets))
+        done.append({"rolled_back" if rollback else "completed": targets})
     return done
 
 
 def recover_outputs(paths: Iterable[str | Path]) -> list[dict]:
     """What a command does first for its outputs: finish or undo dead commits beside them, then remove the
-    temporaries dead processes left. Returns the journals it acted on (the caller may log them)."""
+    temporaries dead processes left. Returns the journals it acted on (already logged)."""
     paths = [Path(p) for p in paths]
     done = []
     for folder in dict.fromkeys(p.parent for p in paths):

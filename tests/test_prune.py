@@ -296,7 +296,7 @@ def test_a_prune_killed_between_its_renames_is_reported_by_export_and_completed_
     # The next prune first completes the dead commit (and says so), then writes its own matching set.
     again = invoke("prune", scores, "--out", out, "--angle", "45", "--force")
     assert_ok(again)
-    assert "completed an interrupted prune" in again.stderr
+    assert "completed the unfinished publication of" in again.stderr
     assert not list(tmp_path.glob(".*"))
     assert check_companions(out).mixed == [] and check_companions(tmp_path / "clean.dropped.parquet").mixed == []
     assert sum(pq.ParquetFile(p).metadata.num_rows for p in (out, tmp_path / "clean.dropped.parquet")) == 10

@@ -29,7 +29,6 @@ from facecleaner.manifests.io import (
     write_table,
 )
 from facecleaner.manifests.schema import NEW_LABEL, REASON, REASONS
-from facecleaner.progress import logger
 
 DEFAULT_ANGLE = 75.0
 #: Metadata of the scores file that its clean and dropped manifests carry on.
@@ -65,8 +64,6 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
     check_distinct({"scores input": scores, "scores input's classes file": input_sibling(scores, "classes")},
                    {"--out": out, "--dropped": outputs["dropped"], "--out (its classes file)": outputs["classes"]})
     recovered = [path for done in recover_outputs(outputs.values()) for path in done.get("completed", [])]
-    if recovered:
-        logger.info("completed an interrupted prune left by a killed process: %s", ", ".join(recovered))
     # Decide from the few columns the rule needs, then stream the whole rows through: memory stays at the
     # decision columns plus one batch, however wide the input's extra columns are.
     columns, meta = read_scores(scores)

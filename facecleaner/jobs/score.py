@@ -81,8 +81,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
              "embeddings": "kept" if embeddings is not None else "none"}
 
     def start() -> list[int]:
-        for done in recover_outputs([p for p in outputs.values() if p is not None]):
-            logger.info("finished the interrupted publication of an earlier run: %s", done)
+        recover_outputs([p for p in outputs.values() if p is not None])
         area.start(stamp, resume)
         return area.finished_batches()
 
