@@ -267,6 +267,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def check_file_outputs(outputs: Mapping[str, str | Path | None]) -> None:
+    """Refuse, before any work, an output file whose path is an existing folder: the rename that publishes it
+    would fail only after all the work, naming a temporary. Keys name the options in the message."""
+    for name, path in outputs.items():
+        if path is not None and Path(path).is_dir():
+            raise InputError(f"{name} {path} is a folder", f"give {name.split()[0]} the name of the file to write")
+
+
 def check_distinct(inputs: Mapping[str, str | Path | None], outputs: Mapping[str, str | Path | None]) -> None:
     """Refuse an output that resolves to an input or to another output; keys name the options in the message.
 

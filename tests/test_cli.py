@@ -564,6 +564,25 @@ def test_out_under_an_existing_file(str_run: Run, tmp_path: Path, command: str) 
     assert_error(result, str(blocker))
 
 
+@pytest.mark.parametrize("command", ["score", "score --embeddings", "prune", "prune --dropped"])
+def test_an_output_file_that_is_an_existing_folder_is_refused_before_any_work(str_run: Run, tmp_path: Path,
+                                                                               command: str) -> None:
+    """The rename that publishes the file would fail only at the end, naming a hidden temporary."""
+    folder = tmp_path / ("folder.npy" if command == "score --embeddings" else "folder")
+    folder.mkdir()
+    other = tmp_path / "other.parquet"
+    args = {
+        "score": ["score", str_run.run, str_run.manifest, "--out", folder, "--device", "cpu", "-q"],
+        "score --embeddings": ["score", str_run.run, str_run.manifest, "--out", other, "--embeddings", folder,
+                               "--device", "cpu", "-q"],
+        "prune": ["prune", str_run.scores, "--out", folder, "--angle", "179"],
+        "prune --dropped": ["prune", str_run.scores, "--out", other, "--dropped", folder, "--angle", "179"],
+    }[command]
+    assert_error(invoke(*args), f"{folder} is a folder")
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no manifest, work area or journal
+    assert not any(folder.iterdir())
+
+
 def test_logs_follow_each_invocations_stderr() -> None:
     saved_handlers, saved_level = LOGGER.handlers[:], LOGGER.level
     LOGGER.handlers = [h for h in saved_handlers if not getattr(h, "_facecleaner_cli", False)]

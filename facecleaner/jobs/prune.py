@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facecleaner.errors import InputError, PruneRefused
-from facecleaner.fileio import atomic_outputs, check_distinct, recover_outputs
+from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, recover_outputs
 from facecleaner.manifests.companions import companion_fields
 from facecleaner.manifests.io import (
     ROW_GROUP_ROWS,
@@ -61,8 +61,10 @@ def prune(scores: str | Path, out: str | Path, angle: float = DEFAULT_ANGLE, dro
     scores, out = Path(scores), Path(out)
     outputs = {"clean": out, "dropped": Path(dropped) if dropped else sibling(out, "dropped"),
                "classes": sibling(out, "classes")}
+    named_outputs = {"--out": out, "--dropped": outputs["dropped"], "--out (its classes file)": outputs["classes"]}
     check_distinct({"scores input": scores, "scores input's classes file": input_sibling(scores, "classes")},
-                   {"--out": out, "--dropped": outputs["dropped"], "--out (its classes file)": outputs["classes"]})
+                   named_outputs)
+    check_file_outputs(named_outputs)
     recovered = [path for done in recover_outputs(outputs.values()) for path in done.get("completed", [])]
     # Decide from the few columns the rule needs, then stream the whole rows through: memory stays at the
     # decision columns plus one batch, however wide the input's extra columns are.

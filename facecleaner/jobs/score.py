@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, TooManyBadSamples
-from facecleaner.fileio import atomic_outputs, check_distinct, recover_outputs
+from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, recover_outputs
 from facecleaner.jobs.prune import DEFAULT_ANGLE
 from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
 from facecleaner.progress import logger
@@ -59,6 +59,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
     _check_options(batch_size, workers, max_bad_fraction, embeddings)
     outputs = {"--out": out, "--out (its classes file)": sibling(out, "classes"), "--embeddings": embeddings}
     check_distinct(_inputs(run_dir, data), outputs)
+    check_file_outputs(outputs)
     model = load_model(run_dir)
     _check_finite_weights(model, run_dir)
     source = open_source(data)
