@@ -186,10 +186,10 @@ def commit(pairs: Sequence[tuple[Path, Path]], rollback: bool = False) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     fsync_path(folder)
-    _fault_point("journal written")
+    fault_point("journal written")
     for number, (tmp, target) in enumerate(pairs):
         if number:
-            _fault_point("between renames")
+            fault_point("between renames")
         os.replace(tmp, target)
     for target_folder in {p.parent for _, p in pairs}:
         fsync_path(target_folder)
@@ -197,8 +197,9 @@ def commit(pairs: Sequence[tuple[Path, Path]], rollback: bool = False) -> None:
     fsync_path(folder)
 
 
-def _fault_point(where: str) -> None:
-    """Tests set ``FACECLEANER_FAULT`` to a point's name to kill the process there (as kill -9 would)."""
+def fault_point(where: str) -> None:
+    """Crash tests set ``FACECLEANER_FAULT`` to a point's name to end the process there at once, as kill -9 would
+    (no cleanup, no finally blocks; exit status 137). One mechanism for every command's named points."""
     if os.environ.get("FACECLEANER_FAULT") == where:
         os._exit(137)
 

@@ -9,8 +9,6 @@ rank 0 writes the outputs from every rank's parts, the same as one process.
 from __future__ import annotations
 
 import math
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 
 from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, TooManyBadSamples
-from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, recover_outputs
+from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, fault_point, recover_outputs
 from facecleaner.jobs.prune import DEFAULT_ANGLE
 from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
 from facecleaner.progress import logger
@@ -101,7 +99,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
                                    embeddings is not None, progress and world.is_main)
         for done, (batch, measurements) in enumerate(zip(mine, measured, strict=True), start=1):
             writer.add(batch, measurements)
-            _crash_point(done)
+            fault_point(f"score batch {done}")  # crash tests only
         writer.flush()
     except BaseException as exc:  # Ctrl-C, a full disk, out of memory: what was measured is kept
         logger.warning("%s: the measurements made so far are kept in %s; run the same command with --resume to "
@@ -235,9 +233,3 @@ def _on_rank0(world: Dist, step: Callable[[], T]) -> T:
     if "error" in outcome:
         raise FaceCleanerError(f"rank 0 failed: {outcome['error']}", "see rank 0's error above")
     return outcome["result"]
-
-
-def _crash_point(batches_done: int) -> None:
-    """Crash tests set ``FACECLEANER_FAULT="score batch N"`` to SIGKILL this process after its N-th batch."""
-    if os.environ.get("FACECLEANER_FAULT") == f"score batch {batches_done}":
-        os.kill(os.getpid(), signal.SIGKILL)
