@@ -29,8 +29,8 @@ from facecleaner.manifests.io import (
     write_table,
 )
 from facecleaner.manifests.schema import NEW_LABEL, REASON, REASONS
+from facecleaner.pruning.rules import DEFAULT_ANGLE
 
-DEFAULT_ANGLE = 75.0
 #: Metadata of the scores file that its clean and dropped manifests carry on.
 INHERITED = ("model", "checkpoint_sha256", "input_fingerprint", "num_classes", "input_root")
 

@@ -18,9 +18,9 @@ import torch
 
 from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, TooManyBadSamples
 from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, fault_point, recover_outputs
-from facecleaner.jobs.prune import DEFAULT_ANGLE
 from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
 from facecleaner.progress import logger
+from facecleaner.pruning.rules import DEFAULT_ANGLE
 from facecleaner.sources import open_source, source_root, table_fingerprint
 from facecleaner.sources.base import too_many_unreadable
 from facecleaner.sources.labels import lookup_labels
