@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -31,6 +31,7 @@ from facecleaner.config import (
 from facecleaner.errors import FaceCleanerError
 
 PATH = click.Path(path_type=Path)
+T = TypeVar("T")
 
 
 class ReportedError(click.ClickException):
@@ -39,11 +40,11 @@ class ReportedError(click.ClickException):
     exit_code = 1
 
 
-def _run(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+def _run(function: Callable[..., T]) -> Callable[..., T]:
     """Call the API, turning its errors into ``Error: …`` lines and exit 1, never a traceback."""
 
     @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return function(*args, **kwargs)
         except FaceCleanerError as exc:
@@ -194,18 +195,17 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
     Example:
       facecleaner train faces/ --out run/ --backbone r50 --epochs 20
     """
-    from dataclasses import replace
-
     from facecleaner import api
-    from facecleaner.config import TrainConfig, load_config
+    from facecleaner.config import TrainConfig, config_settings
 
     _setup_logging(quiet)
-    base = load_config(config_file) if config_file else TrainConfig()
+    settings = _run(config_settings)(config_file) if config_file else {}
     context = click.get_current_context()
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
              if v is not None and context.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-    config = replace(base, **given)
-    summary = _run(api.train)(data, out, config, resume=resume, progress=not quiet, config_file=config_file)
+    settings |= given  # flags win over the file
+    summary = _run(api.train)(data, out, TrainConfig(**settings), resume=resume, progress=not quiet,
+                              config_file=config_file, given=list(settings))
     _emit(summary, as_json, [
         f"model: {out / 'model.pt'}",
         f"{summary['samples']} samples ({summary['unreadable']} unreadable), {summary['classes']} identities, "
@@ -320,7 +320,7 @@ def prune(scores: Path, angle: float | str, out: Path, dropped: Path | None, dro
               help="Training epochs.")
 @click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=DEMO_LR, show_default=True,
               help="Learning rate: low, so the tiny model keeps unrelated identities near-orthogonal (README).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @quiet_option
 @json_option
 def demo(out: Path, identities: int, images_per_identity: int, epochs: int, lr: float, seed: int, quiet: bool,

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,12 @@ def save_config(config: TrainConfig, path: Path, extra: dict | None = None) -> N
 
 def load_config(path: Path) -> TrainConfig:
     """Read the ``train`` section of a saved config.json or a user's ``--config`` TOML/JSON file."""
+    return TrainConfig(**config_settings(path))
+
+
+def config_settings(path: Path) -> dict[str, Any]:
+    """The settings a config file writes down, by name, checked for names and types (not yet for ranges): the
+    CLI needs to know which settings a ``--config`` file gives, not only their values."""
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -173,7 +180,7 @@ def load_config(path: Path) -> TrainConfig:
     if wrong:
         raise InputError(f"config {path} has settings of the wrong type: {', '.join(wrong)}",
                          "write numbers without quotes and names in quotes")
-    return TrainConfig(**section)
+    return section
 
 
 def _has_type(value: Any, annotation: str) -> bool:
@@ -184,24 +191,27 @@ def _has_type(value: Any, annotation: str) -> bool:
     return isinstance(value, tuple(kinds)) and (not isinstance(value, bool) or bool in kinds)
 
 
-def explicit_settings(config: TrainConfig) -> dict[str, Any]:
-    """The settings that differ from ``TrainConfig()``'s defaults: what the caller asked for (the CLI builds its
-    TrainConfig from the flags given and ``--config`` only)."""
+def explicit_settings(config: TrainConfig) -> list[str]:
+    """The names of the settings that differ from ``TrainConfig()``'s defaults: what a caller that does not say
+    which settings it gave asked for."""
     defaults = TrainConfig()
-    return {f.name: getattr(config, f.name) for f in fields(TrainConfig)
-            if getattr(config, f.name) != getattr(defaults, f.name)}
+    return [f.name for f in fields(TrainConfig) if getattr(config, f.name) != getattr(defaults, f.name)]
 
 
-def resume_conflicts(asked: TrainConfig, saved: TrainConfig, num_samples: int, num_classes: int) -> list[str]:
+def resume_conflicts(asked: TrainConfig, saved: TrainConfig, num_samples: int, num_classes: int,
+                     given: Iterable[str] | None = None) -> list[str]:
     """The settings asked for that differ from a run's saved ones, as ``--option value (the run has …)``.
 
-    Only ``epochs`` may change on ``--resume``; a setting not asked for is no difference, and one asked for is
-    compared as resolved (``--precision bf16`` on the CPU is the fp32 the run recorded).
+    ``given`` names the settings the caller gave (the CLI: its flags and the ``--config`` file's keys), so that
+    ``--seed 0`` against a run with seed 5 is a difference although 0 is the default; without it, the settings
+    that differ from the defaults count as given. Only ``epochs`` may change on ``--resume``; a setting not
+    given is no difference, and one given is compared as resolved (``--precision bf16`` on the CPU is the fp32
+    the run recorded).
     """
     resolved = resolve(asked, num_samples, num_classes)
-    return [f"{_flag(name, value)} (the run has {getattr(saved, name)})"
-            for name, value in explicit_settings(asked).items()
-            if name != "epochs" and getattr(resolved, name) != getattr(saved, name)]
+    names = explicit_settings(asked) if given is None else [f.name for f in fields(TrainConfig) if f.name in given]
+    return [f"{_flag(name, getattr(asked, name))} (the run has {getattr(saved, name)})"
+            for name in names if name != "epochs" and getattr(resolved, name) != getattr(saved, name)]
 
 
 def _flag(name: str, value: Any) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -32,6 +33,9 @@ from facecleaner.errors import InputError
 TEMP_SUFFIX = ".tmp"
 JOURNAL_PREFIX = ".facecleaner-commit."
 JOURNAL_SUFFIX = ".json"
+#: The package's logger (``facecleaner.progress.logger``), named here so that this module imports nothing of ours
+#: but the errors.
+_logger = logging.getLogger("facecleaner")
 _TAG = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>[0-9]+)\.[0-9a-f]{8}")
 
 
@@ -182,10 +186,10 @@ def commit(pairs: Sequence[tuple[Path, Path]], rollback: bool = False) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     fsync_path(folder)
-    _fault_point("journal written")
+    fault_point("journal written")
     for number, (tmp, target) in enumerate(pairs):
         if number:
-            _fault_point("between renames")
+            fault_point("between renames")
         os.replace(tmp, target)
     for target_folder in {p.parent for _, p in pairs}:
         fsync_path(target_folder)
@@ -193,14 +197,16 @@ def commit(pairs: Sequence[tuple[Path, Path]], rollback: bool = False) -> None:
     fsync_path(folder)
 
 
-def _fault_point(where: str) -> None:
-    """Tests set ``FACECLEANER_FAULT`` to a point's name to kill the process there (as kill -9 would)."""
+def fault_point(where: str) -> None:
+    """Crash tests set ``FACECLEANER_FAULT`` to a point's name to end the process there at once, as kill -9 would
+    (no cleanup, no finally blocks; exit status 137). One mechanism for every command's named points."""
     if os.environ.get("FACECLEANER_FAULT") == where:
         os._exit(137)
 
 
 def recover_journals(folder: Path) -> list[dict]:
-    """Finish (or roll back) the journaled commits in ``folder`` whose process died; returns what was done."""
+    """Finish (or roll back) the journaled commits in ``folder`` whose process died; returns what was done and
+    logs it, so every command says the same thing when it repairs what another left."""
     done = []
     try:
         names = [e.name for e in os.scandir(folder) if e.name.startswith(JOURNAL_PREFIX)]
@@ -228,13 +234,16 @@ def recover_journals(folder: Path) -> list[dict]:
         for target_folder in {p.parent for _, p in pairs}:
             fsync_path(target_folder)
         journal.unlink(missing_ok=True)
-        done.append({"rolled_back" if rollback else "completed": [str(p) for _, p in pairs]})
+        targets = [str(p) for _, p in pairs]
+        _logger.info("%s the unfinished publication of %s, which a killed process left",
+                     "undid" if rollback else "completed", ", ".join(targets))
+        done.append({"rolled_back" if rollback else "completed": targets})
     return done
 
 
 def recover_outputs(paths: Iterable[str | Path]) -> list[dict]:
     """What a command does first for its outputs: finish or undo dead commits beside them, then remove the
-    temporaries dead processes left. Returns the journals it acted on (the caller may log them)."""
+    temporaries dead processes left. Returns the journals it acted on (already logged)."""
     paths = [Path(p) for p in paths]
     done = []
     for folder in dict.fromkeys(p.parent for p in paths):
@@ -257,6 +266,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)  # hard links, bind mounts
     except OSError:
         return False
+
+
+def check_file_outputs(outputs: Mapping[str, str | Path | None]) -> None:
+    """Refuse, before any work, an output file whose path is an existing folder: the rename that publishes it
+    would fail only after all the work, naming a temporary. Keys name the options in the message."""
+    for name, path in outputs.items():
+        if path is not None and Path(path).is_dir():
+            raise InputError(f"{name} {path} is a folder", f"give {name.split()[0]} the name of the file to write")
 
 
 def check_distinct(inputs: Mapping[str, str | Path | None], outputs: Mapping[str, str | Path | None]) -> None:

@@ -24,7 +24,8 @@ from click.testing import CliRunner, Result
 from helpers import assert_error, assert_ok, invoke
 from PIL import Image
 
-from facecleaner import __version__, cli
+from facecleaner import __version__, api, cli
+from facecleaner.errors import InputError
 
 TINY = ["--backbone", "tiny", "--image-size", "16", "--embedding-size", "16", "--epochs", "2", "--batch-size", "8",
         "--device", "cpu"]
@@ -360,6 +361,16 @@ def test_demo_figures_agree_with_its_manifests(tmp_path: Path) -> None:
     assert not temp_files(out)
 
 
+def test_demo_seed_out_of_range_is_a_usage_error_and_the_api_refuses_it_before_generating(tmp_path: Path) -> None:
+    """The seed also seeds the generator, which ended in the catch-all on a negative one."""
+    result = invoke("demo", "--out", tmp_path / "demo", "--seed", "-1", "-q")
+    assert result.exit_code == 2 and "Invalid value for '--seed'" in result.stderr, (result.exit_code, result.stderr)
+    assert "0<=x<=2147483647" in " ".join(invoke("demo", "--help").stdout.split())
+    with pytest.raises(InputError, match="--seed must be in"):
+        api.demo(tmp_path / "demo", seed=-1, progress=False)
+    assert not (tmp_path / "demo").exists()
+
+
 def test_demo_refuses_a_folder_with_other_files_under_its_names(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "precious.txt").write_text("keep")
@@ -554,6 +565,25 @@ def test_out_under_an_existing_file(str_run: Run, tmp_path: Path, command: str) 
     else:
         result = invoke("prune", str_run.scores, "--out", blocker / "c.parquet", "--angle", "179")
     assert_error(result, str(blocker))
+
+
+@pytest.mark.parametrize("command", ["score", "score --embeddings", "prune", "prune --dropped"])
+def test_an_output_file_that_is_an_existing_folder_is_refused_before_any_work(str_run: Run, tmp_path: Path,
+                                                                               command: str) -> None:
+    """The rename that publishes the file would fail only at the end, naming a hidden temporary."""
+    folder = tmp_path / ("folder.npy" if command == "score --embeddings" else "folder")
+    folder.mkdir()
+    other = tmp_path / "other.parquet"
+    args = {
+        "score": ["score", str_run.run, str_run.manifest, "--out", folder, "--device", "cpu", "-q"],
+        "score --embeddings": ["score", str_run.run, str_run.manifest, "--out", other, "--embeddings", folder,
+                               "--device", "cpu", "-q"],
+        "prune": ["prune", str_run.scores, "--out", folder, "--angle", "179"],
+        "prune --dropped": ["prune", str_run.scores, "--out", other, "--dropped", folder, "--angle", "179"],
+    }[command]
+    assert_error(invoke(*args), f"{folder} is a folder")
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no manifest, work area or journal
+    assert not any(folder.iterdir())
 
 
 def test_logs_follow_each_invocations_stderr() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_error, invoke
 from PIL import Image
 
 from facecleaner.cli import main
@@ -52,6 +53,19 @@ def test_a_config_file_value_out_of_range_is_one_error_line(tmp_path: Path) -> N
     assert result.exit_code == 1 and result.output.startswith("Error: --device must be auto, cpu, cuda or cuda:N")
 
 
+@pytest.mark.parametrize("text, fragment", [
+    ('[train]\nepochs = "3"\n', "wrong type: epochs = '3'"),
+    ("[train]\nlearning_rate = 0.1\n", "unknown settings: learning_rate"),
+    ("[train\nepochs = 3\n", "cannot read config"),
+])
+def test_a_config_file_that_cannot_be_used_is_one_error_line_not_a_traceback(tmp_path: Path, text: str,
+                                                                              fragment: str) -> None:
+    (tmp_path / "run.toml").write_text(text)
+    result = invoke("train", tmp_path, "--out", tmp_path / "run", "--config", tmp_path / "run.toml", "-q")
+    assert_error(result, str(tmp_path / "run.toml"), fragment)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_conflicts_compare_only_what_was_asked_as_resolved() -> None:
     saved = resolve(TrainConfig(device="cpu", precision="bf16", batch_size=64), num_samples=3_000, num_classes=100)
     same = TrainConfig(device="cpu", precision="bf16", batch_size=64, epochs=saved.epochs + 5, compile=False)
@@ -60,6 +74,14 @@ def test_resume_conflicts_compare_only_what_was_asked_as_resolved() -> None:
     other = TrainConfig(lr=0.3, compile=True, subcenters=3, margin=0.4)
     assert resume_conflicts(other, saved, 3_000, 100) == [
         "--margin 0.4 (the run has 0.5)", "--lr 0.3 (the run has 0.025)", "--compile (the run has False)"]
+
+
+def test_resume_conflicts_compare_every_setting_given_even_at_its_default() -> None:
+    saved = resolve(TrainConfig(device="cpu", seed=5, subcenters=1), num_samples=3_000, num_classes=100)
+    asked = TrainConfig(device="cpu", seed=0, subcenters=3)  # both are the defaults
+    assert resume_conflicts(asked, saved, 3_000, 100) == []  # not said to be given: nothing asked
+    assert resume_conflicts(asked, saved, 3_000, 100, given=["seed", "device", "subcenters"]) == [
+        "--subcenters 3 (the run has 1)", "--seed 0 (the run has 5)"]
 
 
 def test_config_file_unknown_keys_are_refused(tmp_path: Path) -> None:

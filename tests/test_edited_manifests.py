@@ -77,6 +77,16 @@ def test_readme_recipe_drop_one_identity_with_pandas_then_export_rec(clean: Path
     assert sorted(zip(labels, images, strict=True)) == expected
 
 
+def test_a_root_that_is_a_file_is_refused_for_image_files(clean: Path, tmp_path: Path) -> None:
+    """It used to be ignored: paths resolved against the manifest's folder while the error said '--root'."""
+    edited = tmp_path / "run" / "edited.csv"
+    pd.read_parquet(clean).to_csv(edited, index=False)
+    not_a_folder = tmp_path / "data" / "ann" / "0.jpg"
+    line = assert_error(invoke("export", edited, "--format", "csv", "--out", tmp_path / "list.csv", "--root",
+                               not_a_folder), f"--root {not_a_folder} is a file", "give the folder")
+    assert "facecleaner bug" not in line and not (tmp_path / "list.csv").exists()
+
+
 def test_a_csv_manifest_exports_like_the_parquet_it_came_from(clean: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     as_csv = data / "clean.csv"  # beside the images: relative paths resolve against its folder

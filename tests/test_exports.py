@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import check_insightface_layout
+from helpers import assert_ok, check_insightface_layout, invoke
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -488,8 +488,10 @@ def test_a_rec_export_killed_while_publishing_is_rolled_back_by_the_next_run(cle
     assert run_export(clean, "rec", work / "rec", fault=fault) == 137
     published = sorted(p.name for p in (work / "rec").iterdir() if not p.name.startswith("."))
     assert published == (["train.rec"] if fault == "between renames" else [])
-    summary = export_manifest(clean, "rec", work / "rec", progress=False)
-    assert summary["written"] == 7
+    result = invoke("export", clean, "--format", "rec", "--out", work / "rec", "--json")
+    assert_ok(result)
+    assert json.loads(result.stdout)["written"] == 7
+    assert f"undid the unfinished publication of {work / 'rec' / 'train.rec'}" in result.stderr
     assert tree(work) == tree(tmp_path / "reference")
     labels = open_recordio(work / "rec" / "train.rec").table()["label"].tolist()
     assert labels == sorted(r["new_label"] for r in clean_rows(clean))

@@ -68,6 +68,31 @@ def test_atomic_output_leaves_nothing_on_error(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
+@pytest.mark.parametrize("group", [False, True])
+def test_files_are_synced_before_their_rename_and_the_folder_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    group: bool) -> None:
+    """Issue #9, item 9: a power cut never leaves a renamed but empty file, nor loses the rename."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(fileio.os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    targets = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    if group:
+        with fileio.atomic_outputs(targets) as temps:
+            for tmp in temps:
+                tmp.write_text("data")
+        temps = [str(t) for t in temps]
+    else:
+        with fileio.atomic_output(targets[0]) as tmp:
+            tmp.write_text("data")
+        temps, targets = [str(tmp)], targets[:1]
+    for tmp, target in zip(temps, targets, strict=True):
+        renamed = events.index(("replace", str(target)))
+        assert ("fsync", tmp) in events[:renamed], events  # the data first
+        assert ("fsync", str(tmp_path)) in events[renamed + 1:], events  # then the folder holding the new name
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

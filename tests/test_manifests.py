@@ -117,6 +117,19 @@ def test_companions_match_until_a_file_is_replaced_by_another_runs(scores_file, 
     assert check_companions(clean).mixed == [] and check_companions(clean).warning() is None
 
 
+def test_companions_of_a_symlinked_manifest_are_found_beside_the_file_it_links_to(scores_file, tmp_path) -> None:  # noqa: ANN001
+    scores = scores_file([0, 0, 1, 1, 2, 2], [10.0, 80.0, 30.0, 40.0, 50.0, 60.0], [True] * 6)
+    run = tmp_path / "run"
+    api.prune(scores, run / "clean.parquet")
+    api.prune(scores, run / "other.parquet", angle=45)
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "clean.parquet"
+    link.symlink_to(run / "clean.parquet")
+    assert check_companions(link).matched == 2
+    (run / "other.dropped.parquet").replace(run / "clean.dropped.parquet")
+    assert check_companions(link).mixed == [run / "clean.dropped.parquet"]
+
+
 def test_a_manifest_edited_with_its_metadata_kept_is_not_mixed(scores_file, tmp_path) -> None:  # noqa: ANN001
     scores = scores_file([0, 0, 1, 1, 2, 2], [10.0, 20.0, 30.0, 40.0, 50.0, 60.0], [True] * 6)
     clean = tmp_path / "clean.parquet"

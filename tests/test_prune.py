@@ -236,6 +236,21 @@ def test_outputs_that_are_inputs_or_each_other_are_refused_before_any_work(score
     assert not (tmp_path / "sub").exists()
 
 
+def test_the_classes_file_beside_a_symlinked_scores_input_is_protected(scores_file, tmp_path) -> None:  # noqa: ANN001
+    """SCORES given as a link: its classes file is the one beside the file linked to, not beside the link."""
+    scores = scores_file([0, 0, 1, 1], [10.0, 20.0, 30.0, 40.0], [True] * 4, name="data/s.parquet")
+    classes = tmp_path / "data" / "s.classes.parquet"
+    classes.write_bytes(b"the scores' per-class table")
+    (tmp_path / "elsewhere").mkdir()
+    link = tmp_path / "elsewhere" / "link.parquet"
+    link.symlink_to(scores)
+    line = assert_error(invoke("prune", link, "--out", classes, "--force"), "--out",
+                        "is the scores input's classes file")
+    assert "facecleaner bug" not in line
+    assert classes.read_bytes() == b"the scores' per-class table"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["s.classes.parquet", "s.parquet"]
+
+
 def test_files_of_one_prune_share_a_run_id_and_record_their_rows(scores_file, tmp_path) -> None:  # noqa: ANN001
     scores = scores_file([0, 0, 0, 1, 1, 2], [10.0, 80.0, 20.0, 30.0, 40.0, 50.0], [True] * 6)
     out, dropped = tmp_path / "clean.parquet", tmp_path / "elsewhere" / "d.parquet"
@@ -282,7 +297,7 @@ def test_a_prune_killed_between_its_renames_is_reported_by_export_and_completed_
     # The next prune first completes the dead commit (and says so), then writes its own matching set.
     again = invoke("prune", scores, "--out", out, "--angle", "45", "--force")
     assert_ok(again)
-    assert "completed an interrupted prune" in again.stderr
+    assert "completed the unfinished publication of" in again.stderr
     assert not list(tmp_path.glob(".*"))
     assert check_companions(out).mixed == [] and check_companions(tmp_path / "clean.dropped.parquet").mixed == []
     assert sum(pq.ParquetFile(p).metadata.num_rows for p in (out, tmp_path / "clean.dropped.parquet")) == 10

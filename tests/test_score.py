@@ -13,7 +13,6 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -153,6 +152,17 @@ def test_outputs_that_are_the_model_or_each_other_are_refused(scene: Scene, tmp_
                      "--embeddings", "and --out", "are the same file")
     assert {p: sha256(p) for p in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "ours.classes.parquet", "ours.parquet"]
+
+
+def test_the_classes_file_beside_a_symlinked_data_manifest_is_protected(scene: Scene, tmp_path: Path) -> None:
+    ours = tmp_path / "data" / "ours.parquet"
+    assert_ok(score_cli(scene, scene.manifest, ours, "-q"))
+    ours_classes = ours.with_name("ours.classes.parquet")
+    before = sha256(ours_classes)
+    link = tmp_path / "link.parquet"
+    link.symlink_to(ours)
+    assert_error(score_cli(scene, link, ours_classes, "-q"), "--out", "is the DATA's classes file")
+    assert sha256(ours_classes) == before
 
 
 def test_outputs_that_are_a_recordio_input_are_refused(tmp_path: Path, no_decoding: None) -> None:
@@ -383,7 +393,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(scene: Scene, tmp_path
     killed = subprocess.run([sys.executable, "-m", "facecleaner", "score", str(scene.run), str(scene.manifest),
                              "--out", str(out), "--batch-size", "3", "--device", "cpu", "--embeddings",
                              str(embeddings), "-q"], env=env, capture_output=True, text=True, timeout=120)
-    assert killed.returncode == -signal.SIGKILL, (kill_at, killed.returncode, killed.stderr[-2000:])
+    assert killed.returncode == 137, (kill_at, killed.returncode, killed.stderr[-2000:])
     assert sorted(p.name for p in out.parent.iterdir()) == ["s.parquet.resume"]
     parts = sorted(p.name for p in work_area(out).iterdir() if p.name.startswith("batches-"))
     assert parts, kill_at
@@ -533,8 +543,9 @@ def test_too_many_unreadable_names_the_first_files(scene: Scene, tmp_path: Path)
     line = assert_error(score_cli(scene, write_manifest(tmp_path / "m.csv", paths), tmp_path / "s.parquet", "-q"),
                         "7 of 24 samples are unreadable", "--max-bad-fraction 0.01")
     named = line[line.index("): ") + 3:]
-    assert named.startswith("gone/3.png (missing file), broken.png (")
-    positions = [named.index(bad[i]) for i in (3, 4, 8, 9, 15)]
+    # The files as opened (relative to the manifest's folder), the way train names them too.
+    assert named.startswith(f"{tmp_path / 'gone/3.png'} (missing file), {tmp_path / 'broken.png'} (")
+    positions = [named.index(str(tmp_path / bad[i])) for i in (3, 4, 8, 9, 15)]
     assert positions == sorted(positions)
     assert "gone/16.png" not in named and "gone/20.png" not in named and "and 2 more" in named
 

@@ -330,6 +330,21 @@ def test_resume_with_other_settings_is_refused_naming_them(data: Path, one_epoch
     assert line.removeprefix("Error: ") in (run / "train.log").read_text()
 
 
+@pytest.mark.parametrize("flags", [["--seed", "0"], ["--config", "run.toml"]])
+def test_resume_with_a_setting_given_at_its_default_value_is_refused_too(data: Path, one_epoch: Path,
+                                                                          tmp_path: Path, flags: list[str]) -> None:
+    """The run has seed 1; asking for seed 0 (the default, on the command line or in a --config file) is asking
+    for another seed, not for nothing."""
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    (tmp_path / "run.toml").write_text("[train]\nseed = 0\n")
+    flags = [str(tmp_path / f) if f.endswith(".toml") else f for f in flags]
+    resumed = FLAGS[:-2]  # every flag of the run but its --seed 1
+    before = {name: (run / name).read_bytes() for name in ("config.json", "checkpoint.pt", "model.pt")}
+    result = invoke("train", data, "--out", run, *resumed, "--epochs", 2, *flags, "--resume", "-q")
+    assert_error(result, "--seed 0 (the run has 1)")
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
 def test_resume_needs_no_settings_but_may_change_epochs(data: Path, one_epoch: Path, tmp_path: Path) -> None:
     run = shutil.copytree(one_epoch, tmp_path / "run")
     assert_ok(invoke("train", data, "--out", run, "--epochs", 2, "--resume", "-q"))

@@ -26,7 +26,7 @@ from facecleaner.exports.folder import LINKS
 from facecleaner.exports.resolve import ExportInput, Tally
 from facecleaner.fileio import check_distinct
 from facecleaner.manifests.companions import check_companions
-from facecleaner.manifests.io import is_csv, parquet_info, sibling
+from facecleaner.manifests.io import input_sibling, is_csv, parquet_info
 from facecleaner.progress import logger
 
 FORMATS = ("rec", "folder", "csv", "lst")
@@ -106,8 +106,8 @@ def _check_outputs(manifest: Path, fmt: str, out: Path, root: Path | None) -> No
 def _inputs(manifest: Path, root: Path | None) -> dict[str, Path | None]:
     """What an export reads, named as its error messages say them."""
     inputs: dict[str, Path | None] = {"manifest": manifest, "--root": root,
-                                      "manifest's classes file": sibling(manifest, "classes"),
-                                      "manifest's dropped file": sibling(manifest, "dropped")}
+                                      "manifest's classes file": input_sibling(manifest, "classes"),
+                                      "manifest's dropped file": input_sibling(manifest, "dropped")}
     if is_csv(manifest) or not manifest.is_file():
         return inputs
     try:
@@ -115,9 +115,10 @@ def _inputs(manifest: Path, root: Path | None) -> dict[str, Path | None]:
     except InputError:
         return inputs  # ExportInput says what is wrong with it
     companions = meta.get("companions") if isinstance(meta.get("companions"), dict) else {}
+    folder = Path(os.path.realpath(manifest)).parent  # companion paths are relative to the file, not to a link
     for role, entry in companions.items():
         if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-            inputs[f"manifest's {role} companion"] = manifest.parent / entry["path"]
+            inputs[f"manifest's {role} companion"] = folder / entry["path"]
     source = meta.get("input_root")
     if isinstance(source, str) and source.endswith(".rec"):
         inputs |= {"source train.rec": Path(source), "source train.idx": Path(source).with_suffix(".idx")}

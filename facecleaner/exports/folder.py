@@ -50,9 +50,8 @@ def check_new_folder(dest: Path) -> None:
 
 
 def export_folder(inp: ExportInput, dest: Path, link: str, tally: Tally, progress: bool) -> dict[str, Any]:
-    """Write the identity folders; returns the format's part of the summary."""
-    if link not in LINKS:
-        raise InputError(f"--link {link!r} is not one of {', '.join(LINKS)}", "choose hardlink, symlink or copy")
+    """Write the identity folders; returns the format's part of the summary (``link`` is checked by the caller,
+    :func:`facecleaner.exports.export_manifest`, before any work)."""
     dest = Path(os.path.abspath(dest))
     recover_outputs([dest])
     check_new_folder(dest)

@@ -30,8 +30,6 @@ def export_list(inp: ExportInput, dest: Path, fmt: str, tally: Tally, progress: 
     dest = Path(os.path.abspath(dest))
     if dest.is_dir():
         raise InputError(f"--out {dest} is a folder", f"give the name of the .{fmt} file to write")
-    if dest == Path(os.path.abspath(inp.manifest)):
-        raise InputError(f"--out {dest} is the manifest being exported", f"give another name for the .{fmt} file")
     recover_outputs([dest])
     _refuse_existing(dest, fmt)
     labels = integer_labels(inp, "lst") if fmt == "lst" else None

@@ -121,6 +121,9 @@ class ExportInput:
             raise InputError(f"{self.manifest} has neither a path nor a rec_index on {self.position(int(orphan[0]))} "
                              f"({orphan.size} such rows)", "give every row the image file it stands for")
         self.record_rows = int(is_record.sum())
+        if root is not None and not Path(root).is_dir() and not self.record_rows:
+            raise InputError(f"--root {root} is a file, and {self.manifest} lists image files, not RecordIO records",
+                             "give the folder the manifest's relative paths start from")
         input_root = self.meta.get("input_root") if isinstance(self.meta.get("input_root"), str) else None
         folders = [p for p in (root, input_root) if p is not None and Path(p).is_dir()]
         self.file_root = os.path.abspath(folders[0] if folders else self.manifest.parent)

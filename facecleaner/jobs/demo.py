@@ -39,13 +39,14 @@ def demo(out: str | Path = "facecleaner-demo", identities: int = DEMO_IDENTITIES
     from facecleaner.pruning.evaluate import kept_detection_metrics
     from facecleaner.sources.synthetic import generate_noisy_faces
 
+    config = TrainConfig(backbone="tiny", image_size=image_size, epochs=epochs, lr=lr, device="cpu", seed=seed)
+    config.validate()  # before anything is generated: the seed also seeds the generator, which needs it in range
     root = Path(out)
     _clear_earlier_demo(root)
     logger.info("generating %d identities × %d images with planted noise in %s", identities,
                 images_per_identity, root / "data")
     manifest = generate_noisy_faces(root / DATA, identities=identities, images_per_identity=images_per_identity,
                                     image_size=image_size, seed=seed, progress=progress)
-    config = TrainConfig(backbone="tiny", image_size=image_size, epochs=epochs, lr=lr, device="cpu", seed=seed)
     trained = train(manifest, root / RUN, config, progress=progress)
     scored = score(root / RUN, manifest, root / SCORES, device="cpu", progress=progress)
     truth = pd.read_parquet(manifest, columns=["is_noise"])["is_noise"].to_numpy()

@@ -17,10 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facecleaner.errors import InputError, PruneRefused
-from facecleaner.fileio import atomic_outputs, check_distinct, recover_outputs
+from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, recover_outputs
 from facecleaner.manifests.companions import companion_fields
 from facecleaner.manifests.io import (
     ROW_GROUP_ROWS,
+    input_sibling,
     manifest_metadata,
     new_run_id,
     parquet_writer,
@@ -29,8 +30,8 @@ from facecleaner.manifests.io import (
 )
 from facecleaner.manifests.schema import NEW_LABEL, REASON, REASONS
 from facecleaner.progress import logger
+from facecleaner.pruning.rules import DEFAULT_ANGLE
 
-DEFAULT_ANGLE = 75.0
 #: ``--angle auto``: the threshold read from the scores (:mod:`facecleaner.pruning.threshold`).
 AUTO = "auto"
 #: Metadata of the scores file that its clean and dropped manifests carry on.
@@ -67,11 +68,11 @@ def prune(scores: str | Path, out: str | Path, angle: float | str = DEFAULT_ANGL
     scores, out = Path(scores), Path(out)
     outputs = {"clean": out, "dropped": Path(dropped) if dropped else sibling(out, "dropped"),
                "classes": sibling(out, "classes")}
-    check_distinct({"scores input": scores, "scores input's classes file": sibling(scores, "classes")},
-                   {"--out": out, "--dropped": outputs["dropped"], "--out (its classes file)": outputs["classes"]})
+    named_outputs = {"--out": out, "--dropped": outputs["dropped"], "--out (its classes file)": outputs["classes"]}
+    check_distinct({"scores input": scores, "scores input's classes file": input_sibling(scores, "classes")},
+                   named_outputs)
+    check_file_outputs(named_outputs)
     recovered = [path for done in recover_outputs(outputs.values()) for path in done.get("completed", [])]
-    if recovered:
-        logger.info("completed an interrupted prune left by a killed process: %s", ", ".join(recovered))
     # Decide from the few columns the rule needs, then stream the whole rows through: memory stays at the
     # decision columns plus one batch, however wide the input's extra columns are.
     columns, meta = read_scores(scores, other_class=drop_other_class)

@@ -9,8 +9,6 @@ rank 0 writes the outputs from every rank's parts, the same as one process.
 from __future__ import annotations
 
 import math
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,11 +17,12 @@ import numpy as np
 import torch
 
 from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, TooManyBadSamples
-from facecleaner.fileio import atomic_outputs, check_distinct, recover_outputs
-from facecleaner.jobs.prune import DEFAULT_ANGLE
-from facecleaner.manifests.io import manifest_metadata, new_run_id, read_metadata, sibling, write_table
+from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, fault_point, recover_outputs
+from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
 from facecleaner.progress import logger
+from facecleaner.pruning.rules import DEFAULT_ANGLE
 from facecleaner.sources import open_source, source_root, table_fingerprint
+from facecleaner.sources.base import too_many_unreadable
 from facecleaner.sources.labels import lookup_labels
 
 if TYPE_CHECKING:
@@ -33,9 +32,6 @@ if TYPE_CHECKING:
     from facecleaner.model.checkpoint import LoadedModel
     from facecleaner.scoring.workarea import WorkArea
     from facecleaner.sources import Source
-
-#: How many unreadable samples the --max-bad-fraction error names.
-NAMED_BAD_SAMPLES = 5
 
 T = TypeVar("T")
 
@@ -61,6 +57,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
     _check_options(batch_size, workers, max_bad_fraction, embeddings)
     outputs = {"--out": out, "--out (its classes file)": sibling(out, "classes"), "--embeddings": embeddings}
     check_distinct(_inputs(run_dir, data), outputs)
+    check_file_outputs(outputs)
     model = load_model(run_dir)
     _check_finite_weights(model, run_dir)
     source = open_source(data)
@@ -83,8 +80,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
              "embeddings": "kept" if embeddings is not None else "none"}
 
     def start() -> list[int]:
-        for done in recover_outputs([p for p in outputs.values() if p is not None]):
-            logger.info("finished the interrupted publication of an earlier run: %s", done)
+        recover_outputs([p for p in outputs.values() if p is not None])
         area.start(stamp, resume)
         return area.finished_batches()
 
@@ -103,7 +99,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
                                    embeddings is not None, progress and world.is_main)
         for done, (batch, measurements) in enumerate(zip(mine, measured, strict=True), start=1):
             writer.add(batch, measurements)
-            _crash_point(done)
+            fault_point(f"score batch {done}")  # crash tests only
         writer.flush()
     except BaseException as exc:  # Ctrl-C, a full disk, out of memory: what was measured is kept
         logger.warning("%s: the measurements made so far are kept in %s; run the same command with --resume to "
@@ -137,9 +133,8 @@ def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd
     raw = area.read(count, spec.subcenters)
     unreadable = int((~raw.readable).sum())
     if unreadable > max_bad_fraction * count:
-        raise TooManyBadSamples(f"{unreadable} of {count} samples are unreadable (more than --max-bad-fraction "
-                                f"{max_bad_fraction}): {_name_bad_samples(table, raw.reasons, raw.readable)}",
-                                "fix or remove the broken files, or raise --max-bad-fraction")
+        raise too_many_unreadable(source, np.flatnonzero(~raw.readable).tolist(), raw.reasons.__getitem__,
+                                  max_bad_fraction)
     scores = summarize(raw, class_index, len(spec.classes))
     angles = scores.angle[raw.readable]
     median = float(np.median(angles)) if len(angles) else math.nan
@@ -207,7 +202,7 @@ def _inputs(run_dir: Path, data: Path) -> dict[str, Path]:
     elif data.suffix.lower() == ".parquet":
         try:
             read_metadata(data)
-            inputs["DATA's classes file"] = sibling(data, "classes")
+            inputs["DATA's classes file"] = input_sibling(data, "classes")
         except InputError:
             pass  # not one of our manifests: it has no classes file of ours
     return inputs
@@ -226,18 +221,6 @@ def _check_finite_weights(model: LoadedModel, run_dir: Path) -> None:
                               "earlier model")
 
 
-def _name_bad_samples(table: pd.DataFrame, reasons: np.ndarray, readable: np.ndarray) -> str:
-    """The first few unreadable samples, in input order, as ``path (reason)`` (``record N`` for RecordIO)."""
-    rows = np.flatnonzero(~readable)
-    named = []
-    for row in rows[:NAMED_BAD_SAMPLES].tolist():
-        path = table["path"].iloc[row]
-        where = path if isinstance(path, str) else f"record {table['rec_index'].iloc[row]}"
-        named.append(f"{where} ({reasons[row]})")
-    more = f" and {len(rows) - NAMED_BAD_SAMPLES} more" if len(rows) > NAMED_BAD_SAMPLES else ""
-    return ", ".join(named) + more
-
-
 def _on_rank0(world: Dist, step: Callable[[], T]) -> T:
     """Run ``step`` on rank 0 only and give its result to every rank; its failure fails every rank."""
     if not world.enabled:
@@ -254,9 +237,3 @@ def _on_rank0(world: Dist, step: Callable[[], T]) -> T:
     if "error" in outcome:
         raise FaceCleanerError(f"rank 0 failed: {outcome['error']}", "see rank 0's error above")
     return outcome["result"]
-
-
-def _crash_point(batches_done: int) -> None:
-    """Crash tests set ``FACECLEANER_FAULT="score batch N"`` to SIGKILL this process after its N-th batch."""
-    if os.environ.get("FACECLEANER_FAULT") == f"score batch {batches_done}":
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,12 +34,13 @@ SUMMARY_FILE = "summary.json"
 
 
 def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
-          progress: bool = True, config_file: str | Path | None = None) -> dict[str, Any]:
+          progress: bool = True, config_file: str | Path | None = None,
+          given: Collection[str] | None = None) -> dict[str, Any]:
     """Train a sub-center ArcFace model on ``data``; writes ``out/model.pt`` and returns the summary.
 
     ``config_file`` is the ``--config`` file the settings came from, if any: it may not be one of RUN_DIR's
-    files. With ``resume``, the settings in ``config`` that differ from ``TrainConfig()``'s defaults count as
-    asked for, and any of them but ``epochs`` that differs from the run's is refused.
+    files. With ``resume``, the settings named in ``given`` (by default, those in ``config`` that differ from
+    ``TrainConfig()``'s) count as asked for, and any of them but ``epochs`` that differs from the run's is refused.
 
     Under torchrun every rank calls this: the backbone runs in DDP, the head is sharded by class, and
     rank 0 alone writes the run directory's files.
@@ -49,11 +50,11 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
     config.validate()
     _check_paths(Path(data), run_dir, config, config_file)
     with _RunLog(run_dir / LOG_FILE) as log, _ctrl_c_is_an_error(run_dir):
-        return _train(data, run_dir, config, resume, progress, log)
+        return _train(data, run_dir, config, resume, progress, log, given)
 
 
 def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, progress: bool,
-           log: _RunLog) -> dict[str, Any]:
+           log: _RunLog, given: Collection[str] | None) -> dict[str, Any]:
     from facecleaner import distributed
     from facecleaner.model.checkpoint import CHECKPOINT_FILE, MODEL_FILE, ModelSpec
     from facecleaner.model.runtime import resolve_device
@@ -82,7 +83,7 @@ def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, p
                          "processes the head is sharded over", "run on fewer processes (torchrun --nproc-per-node)")
     fingerprint = table_fingerprint(table)
     if resume:
-        resolved = _resumed_config(data, run_dir, config, fingerprint, len(table), len(classes))
+        resolved = _resumed_config(data, run_dir, config, given, fingerprint, len(table), len(classes))
     else:
         resolved = resolve(config, len(table), len(classes))
         if world.enabled and config.lr is None:  # the default LR follows the global batch (batch_size × world)
@@ -129,8 +130,8 @@ def _guard(run_dir: Path, source: Source, class_index: np.ndarray, config: Train
                         config.workers, config.seed)
 
 
-def _resumed_config(data: str | Path, run_dir: Path, asked: TrainConfig, fingerprint: str, samples: int,
-                    classes: int) -> TrainConfig:
+def _resumed_config(data: str | Path, run_dir: Path, asked: TrainConfig, given: Collection[str] | None,
+                    fingerprint: str, samples: int, classes: int) -> TrainConfig:
     """The run's saved settings with ``asked``'s epochs, once the data and the settings asked for match it."""
     config_file = run_dir / CONFIG_FILE
     try:
@@ -141,7 +142,7 @@ def _resumed_config(data: str | Path, run_dir: Path, asked: TrainConfig, fingerp
         raise CheckpointError(f"{data} is not the dataset {run_dir} was trained on",
                               "resume with the same DATA, or start a new run in another --out")
     saved_config = load_config(config_file)
-    conflicts = resume_conflicts(asked, saved_config, samples, classes)
+    conflicts = resume_conflicts(asked, saved_config, samples, classes, given)
     if conflicts:
         raise InputError(f"--resume with settings that differ from {config_file}: {', '.join(conflicts)}",
                          "give no settings but --epochs (the only one that may change), or start a new run in "

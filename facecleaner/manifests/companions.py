@@ -60,8 +60,9 @@ def check_companions(path: Path) -> CompanionReport:
     companions = meta.get("companions")
     if not isinstance(companions, dict):
         return report
+    folder = Path(os.path.realpath(path)).parent  # companion paths are relative to the file, not to a link to it
     for entry in companions.values():
-        other = path.parent / str(entry.get("path", "")) if isinstance(entry, dict) else None
+        other = folder / str(entry.get("path", "")) if isinstance(entry, dict) else None
         if other is None or not other.is_file() or os.path.samefile(other, path):
             continue
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -171,3 +172,10 @@ def sibling(path: Path, suffix: str) -> Path:
     """``clean.parquet`` → ``clean.classes.parquet``: the per-class table that sits beside a manifest."""
     path = Path(path)
     return path.with_name(f"{path.stem}.{suffix}.parquet")
+
+
+def input_sibling(path: Path, suffix: str) -> Path:
+    """The sibling of an input manifest: beside the file itself, also when ``path`` is a symlink to it (the
+    ``classes`` file of ``link.parquet`` → ``data/scores.parquet`` is ``data/scores.classes.parquet``)."""
+    path = Path(path)
+    return sibling(Path(os.path.realpath(path)) if path.is_symlink() else path, suffix)

@@ -17,6 +17,9 @@ import numpy as np
 
 from facecleaner.manifests.schema import REASONS
 
+#: The paper's threshold in degrees (70° → 95.91, 75° → 95.92, 80° → 95.74 IJB-C): prune's default, and the
+#: median score warns above.
+DEFAULT_ANGLE = 75.0
 KEPT = -1
 UNREADABLE, NON_DOMINANT, ANGLE, OTHER_CLASS, SMALL_CLASS = (
     REASONS.index(r) for r in ("unreadable", "non_dominant", "angle", "other_class", "small_class"))

@@ -7,12 +7,17 @@ Sources must be picklable and open file handles lazily, so that each DataLoader 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
+from facecleaner.errors import TooManyBadSamples
+
 #: Columns every source table has, in this order; any further columns are the input's extras.
 BASE_COLUMNS = ("path", "rec_index", "label")
+#: How many unreadable samples the --max-bad-fraction abort names.
+NAMED_UNREADABLE = 5
 
 
 @runtime_checkable
@@ -37,3 +42,26 @@ def table_fingerprint(table: pd.DataFrame) -> str:
         values = pd.util.hash_pandas_object(table[column].astype("string"), index=False).to_numpy()
         digest.update(values.tobytes())
     return digest.hexdigest()[:16]
+
+
+def sample_name(source: Source, index: int) -> str:
+    """Where sample ``index`` is, as the user finds it: the file opened (relative paths already resolved against
+    the manifest's folder), or ``record KEY of FILE.rec``."""
+    resolved_path = getattr(source, "resolved_path", None)
+    if resolved_path is not None:
+        return resolved_path(index)
+    return f"record {source.table()['rec_index'].iloc[index]} of {getattr(source, 'rec_path', source.description)}"
+
+
+def too_many_unreadable(source: Source, rows: Sequence[int], why: Callable[[int], str | None],
+                        fraction: float) -> TooManyBadSamples:
+    """The --max-bad-fraction abort of train and score: how many samples are unreadable, naming the first few
+    of ``rows`` (ascending) with ``why(row)`` where it is known, so both commands name a sample the same way."""
+    named = []
+    for row in list(rows)[:NAMED_UNREADABLE]:
+        reason = why(row)
+        named.append(sample_name(source, row) + (f" ({reason})" if reason else ""))
+    more = f" and {len(rows) - NAMED_UNREADABLE} more" if len(rows) > NAMED_UNREADABLE else ""
+    return TooManyBadSamples(f"{len(rows)} of {len(source.table())} samples are unreadable (more than "
+                             f"--max-bad-fraction {fraction}): {', '.join(named)}{more}",
+                             "fix or remove the broken files, or raise --max-bad-fraction")

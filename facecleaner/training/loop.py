@@ -26,7 +26,7 @@ import torch
 
 from facecleaner.config import TrainConfig
 from facecleaner.distributed import Dist, shard_ranges
-from facecleaner.errors import CheckpointError, FaceCleanerError, TooManyBadSamples
+from facecleaner.errors import CheckpointError, FaceCleanerError
 from facecleaner.fileio import atomic_output
 from facecleaner.model import prepare_images
 from facecleaner.model.backbones import build_backbone, load_backbone_weights
@@ -43,14 +43,13 @@ from facecleaner.model.checkpoint import (
 from facecleaner.model.runtime import autocast
 from facecleaner.model.sharded_head import ShardedSubCenterArcFace, gather_rows
 from facecleaner.progress import logger, progress_bar
-from facecleaner.sources.base import Source
+from facecleaner.sources.base import Source, too_many_unreadable
 from facecleaner.sources.dataset import BatchPlan, DecodedImages, batch_loader, index_batches
 from facecleaner.training.augment import augment
 from facecleaner.training.schedule import lr_factor, margin_at
 
 METRICS_FILE = "metrics.jsonl"
 POSTFIX_EVERY = 20  # steps between progress-bar loss readings
-NAMED_UNREADABLE = 5  # unreadable samples named when too many abort the run
 
 
 @dataclass
@@ -162,7 +161,7 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                 reasons.update((int(i), reason) for i, reason, good in zip(indices, why, ok, strict=True) if not good)
                 too_few = _sync_unreadable(world, unreadable, indices[~ok].tolist(), int(ok.sum()) < 2, device)
                 if len(unreadable) > max_bad:
-                    raise _too_many_unreadable(source, unreadable, reasons, samples, config.max_bad_fraction)
+                    raise too_many_unreadable(source, sorted(unreadable), reasons.get, config.max_bad_fraction)
                 if too_few:
                     continue
                 x = augment(prepare_images(images[ok], device, channels_last), augment_rng, config.shift)
@@ -354,27 +353,6 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Replace metrics.jsonl with one line per finished epoch, in order (atomically)."""
     with atomic_output(run_dir / METRICS_FILE) as tmp:
         tmp.write_text("".join(json.dumps(metrics) + "\n" for metrics in history))
-
-
-def _too_many_unreadable(source: Source, unreadable: set[int], reasons: dict[int, str], samples: int,
-                         fraction: float) -> TooManyBadSamples:
-    """The abort: how many samples are unreadable, naming the first few (with why, where this process saw it)."""
-    first = sorted(unreadable)[:NAMED_UNREADABLE]
-    table = source.table()
-    named = ", ".join(_sample_name(source, table, i) + (f" ({reasons[i]})" if reasons.get(i) else "")
-                      for i in first)
-    more = f" and {len(unreadable) - len(first)} more" if len(unreadable) > len(first) else ""
-    return TooManyBadSamples(f"{len(unreadable)} of {samples} samples are unreadable (more than --max-bad-fraction "
-                             f"{fraction}): {named}{more}",
-                             "fix or remove the broken files, or raise --max-bad-fraction")
-
-
-def _sample_name(source: Source, table: Any, index: int) -> str:
-    """Where sample ``index`` lives: its file, or its record in a RecordIO file."""
-    resolved_path = getattr(source, "resolved_path", None)
-    if resolved_path is not None:
-        return resolved_path(index)
-    return f"record {table['rec_index'].iloc[index]} of {getattr(source, 'rec_path', source.description)}"
 
 
 def _shard_rows(head: ShardedSubCenterArcFace, world: Dist) -> list[int]:
