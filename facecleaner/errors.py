@@ -36,3 +36,7 @@ class TooManyBadSamples(FaceCleanerError):
 
 class PruneRefused(FaceCleanerError):
     """The rule would drop more than ``--max-drop-fraction`` of the samples."""
+
+
+class Interrupted(FaceCleanerError):
+    """Ctrl-C or SIGTERM stopped a long run; what it had done is kept where the message says, to resume from."""

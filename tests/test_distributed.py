@@ -163,6 +163,7 @@ WORKER = textwrap.dedent('''
         # Score interrupted on both ranks after their first batch (each rank keeps its own part), then resumed on
         # 2 ranks: the test compares the result with one process's uninterrupted run.
         import pytest
+        from facecleaner.errors import FaceCleanerError
         from facecleaner.sources.dataset import DecodedImages
 
         real_getitem = DecodedImages.__getitem__
@@ -175,7 +176,7 @@ WORKER = textwrap.dedent('''
             return real_getitem(self, index)
 
         DecodedImages.__getitem__ = interrupted
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(FaceCleanerError, match="--resume"):  # Ctrl-C: the measurements are kept
             api.score(tmp / "run2", data, tmp / "scores2.parquet", batch_size=10, device="cpu",
                       embeddings=tmp / "emb2.npy", progress=False)
         DecodedImages.__getitem__ = real_getitem

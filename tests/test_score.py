@@ -364,9 +364,10 @@ def assert_same_outputs(out: Path, embeddings: Path, expected_out: Path, expecte
 
 
 def assert_interrupted(result, out: Path) -> None:  # noqa: ANN001 - click's Result
-    """Ctrl-C: exit 1, and stderr says where the measurements are kept and how to continue."""
-    assert result.exit_code == 1 and result.stderr.splitlines()[-1] == "Error: interrupted", result.stderr
-    assert f"kept in {work_area(out)}" in result.stderr and "--resume" in result.stderr
+    """Ctrl-C: exit 1, one error line saying where the measurements are kept and how to continue."""
+    assert result.exit_code == 1 and result.stderr.splitlines() == [
+        f"Error: interrupted by Ctrl-C; the measurements made so far are kept in {work_area(out)} — run the same "
+        "command with --resume to continue"], result.stderr
 
 
 def interrupt_after(monkeypatch: pytest.MonkeyPatch, images: int) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
-from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, TooManyBadSamples
+from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, Interrupted, TooManyBadSamples
 from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, fault_point, recover_outputs
 from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
 from facecleaner.progress import logger
@@ -101,9 +101,12 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
             writer.add(batch, measurements)
             fault_point(f"score batch {done}")  # crash tests only
         writer.flush()
-    except BaseException as exc:  # Ctrl-C, a full disk, out of memory: what was measured is kept
-        logger.warning("%s: the measurements made so far are kept in %s; run the same command with --resume to "
-                       "continue", "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped", area.folder)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted by Ctrl-C; the measurements made so far are kept in {area.folder}",
+                          "run the same command with --resume to continue") from None
+    except BaseException:  # a full disk, out of memory: what was measured is kept too
+        logger.warning("stopped: the measurements made so far are kept in %s; run the same command with --resume "
+                       "to continue", area.folder)
         raise
     world.barrier()
 

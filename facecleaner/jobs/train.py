@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facecleaner.config import TrainConfig, load_config, resolve, resume_conflicts, save_config
-from facecleaner.errors import CheckpointError, FaceCleanerError, InputError
+from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, Interrupted
 from facecleaner.fileio import atomic_output, check_distinct, recover_outputs
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, table_fingerprint
@@ -177,7 +177,6 @@ def _run_files(run_dir: Path) -> list[Path]:
 def _ctrl_c_is_an_error(run_dir: Path) -> Iterator[None]:
     """Ctrl-C outside the training steps (which checkpoint first) ends with one line saying what to do next."""
     from facecleaner.model.checkpoint import CHECKPOINT_FILE
-    from facecleaner.training.loop import Interrupted
 
     try:
         yield

@@ -83,8 +83,8 @@ class WorkArea:
             self._continue(found, stamp)
             return
         if found is not None:
-            logger.info("starting over: removed the work area %s of an earlier run (--resume would continue it)",
-                        self.folder)
+            logger.warning("starting over: removed the work area %s of an earlier run (--resume would have "
+                           "continued it)", self.folder)
             shutil.rmtree(self.folder)
         elif resume:
             logger.info("nothing to resume in %s: scoring from the start", self.folder)

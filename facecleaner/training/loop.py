@@ -26,7 +26,7 @@ import torch
 
 from facecleaner.config import TrainConfig
 from facecleaner.distributed import Dist, shard_ranges
-from facecleaner.errors import CheckpointError, FaceCleanerError
+from facecleaner.errors import CheckpointError, Interrupted
 from facecleaner.fileio import atomic_output
 from facecleaner.model import prepare_images
 from facecleaner.model.backbones import build_backbone, load_backbone_weights
@@ -64,10 +64,6 @@ class TrainResult:
     final_accuracy: float
     final_mean_angle: float
     images_per_second: float
-
-
-class Interrupted(FaceCleanerError):
-    """Ctrl-C or SIGTERM stopped training; a checkpoint was written (when one exists, ``--resume`` continues)."""
 
 
 def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config: TrainConfig, run_dir: Path,
