@@ -181,15 +181,19 @@ def main() -> None:
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last checkpoint; settings other than --epochs may be "
                    "left out, and must not differ from the run's.")
+@click.option("--folds", type=click.IntRange(2, 20), default=None,
+              help="Held-out scoring: train this many models, each without one fold of every identity, so that "
+                   "score takes each image's angle from a model that never saw it (costs this many trainings).")
 @quiet_option
 @json_option
 def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json: bool, resume: bool,
-          **options: Any) -> None:
+          folds: int | None, **options: Any) -> None:
     """Train a sub-center ArcFace model on DATA.
 
     Writes OUT/config.json, train.log, metrics.jsonl (loss, accuracy and mean angle per epoch),
     checkpoint.pt every epoch (Ctrl-C or SIGTERM also checkpoint, mid-epoch) and model.pt at the end.
-    Continue a stopped run with the same command plus --resume.
+    Continue a stopped run with the same command plus --resume. With --folds K, OUT holds K such runs
+    (fold-1 … fold-K) and score takes each image's angles from the one that did not train on it.
 
     \b
     Example:
@@ -205,7 +209,11 @@ def train(data: Path, out: Path, config_file: Path | None, quiet: bool, as_json:
              if v is not None and context.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     settings |= given  # flags win over the file
     summary = _run(api.train)(data, out, TrainConfig(**settings), resume=resume, progress=not quiet,
-                              config_file=config_file, given=list(settings))
+                              config_file=config_file, given=list(settings), folds=folds or 1)
+    if folds:
+        _emit(summary, as_json, [f"{folds} held-out models in {out} (fold-1 … fold-{folds}), each trained on "
+                                 f"{folds - 1}/{folds} of every identity's images; score {out} to use them"])
+        return
     _emit(summary, as_json, [
         f"model: {out / 'model.pt'}",
         f"{summary['samples']} samples ({summary['unreadable']} unreadable), {summary['classes']} identities, "

@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, Interrupted, TooManyBadSamples
 from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, fault_point, recover_outputs
+from facecleaner.jobs.folds import is_folded, score_folds
 from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
+from facecleaner.manifests.schema import STATUS_OK
 from facecleaner.progress import logger
 from facecleaner.pruning.rules import DEFAULT_ANGLE
 from facecleaner.sources import open_source, source_root, table_fingerprint
@@ -38,11 +42,14 @@ T = TypeVar("T")
 
 def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 256, device: str = "auto",
           precision: str = "auto", workers: int | None = None, embeddings: str | Path | None = None,
-          max_bad_fraction: float = 0.01, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+          max_bad_fraction: float = 0.01, progress: bool = True, resume: bool = False, *,
+          judge: bool = True) -> dict[str, Any]:
     """Write the scores manifest of ``data`` under the model in ``run_dir``; returns the summary.
 
     With ``resume``, the measurements a killed or interrupted run kept beside ``out`` are used and only the rest
-    is measured; without it, such leftovers are discarded.
+    is measured; without it, such leftovers are discarded. A ``run_dir`` of ``train --folds`` gives held-out
+    scores (:mod:`facecleaner.jobs.folds`). ``judge=False`` keeps the model-health warnings off the log (held-out
+    scoring judges the merged scores, not each fold's).
     """
     from facecleaner import distributed
     from facecleaner.config import default_workers
@@ -55,6 +62,12 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
     run_dir, data, out = Path(run_dir), Path(data), Path(out)
     embeddings = Path(embeddings) if embeddings is not None else None
     _check_options(batch_size, workers, max_bad_fraction, embeddings)
+    if is_folded(run_dir):  # held-out scoring: each fold's model, then each sample from the one that left it out
+        check_distinct({"DATA": data, "RUN_DIR": run_dir},
+                       {"--out": out, "--out (its classes file)": sibling(out, "classes"), "--embeddings": embeddings})
+        return score_folds(run_dir, data, out, embeddings, resume, batch_size=batch_size, device=device,
+                           precision=precision, workers=workers, max_bad_fraction=max_bad_fraction,
+                           progress=progress)
     outputs = {"--out": out, "--out (its classes file)": sibling(out, "classes"), "--embeddings": embeddings}
     check_distinct(_inputs(run_dir, data), outputs)
     check_file_outputs(outputs)
@@ -84,7 +97,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
         area.start(stamp, resume)
         return area.finished_batches()
 
-    finished = _on_rank0(world, start)
+    finished = on_rank0(world, start)
     resumed = sum(len(batch_rows(b, batch_size, count)) for b in finished)
     if finished and world.is_main:
         logger.info("resuming from %s: %d of %d samples already measured", area.folder, resumed, count)
@@ -112,7 +125,8 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
 
     def finish() -> dict[str, Any]:
         try:
-            summary = _write_outputs(area, model, source, table, class_index, out, embeddings, max_bad_fraction)
+            summary = _write_outputs(area, model, source, table, class_index, out, embeddings, max_bad_fraction,
+                                     judge)
         except TooManyBadSamples:
             area.remove()  # the same files give the same count again: nothing worth resuming
             raise
@@ -120,48 +134,32 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
         return {**summary, "resumed": resumed, "device": str(torch_device), "precision": chosen_precision,
                 **({"world_size": world.world} if world.enabled else {})}
 
-    return _on_rank0(world, finish)
+    return on_rank0(world, finish)
 
 
 def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd.DataFrame, class_index: np.ndarray,
-                   out: Path, embeddings: Path | None, max_bad_fraction: float) -> dict[str, Any]:
+                   out: Path, embeddings: Path | None, max_bad_fraction: float, judge: bool) -> dict[str, Any]:
     """Rank 0's end of the run: every sample's measurements → the vote, the angles, and the three outputs."""
-    from facecleaner.manifests.classes import classes_table
-    from facecleaner.pruning.threshold import choose_threshold
-    from facecleaner.scoring.health import assess
     from facecleaner.scoring.measure import NON_FINITE, scores_table, summarize
 
     spec = model.spec
     count = len(table)
     raw = area.read(count, spec.subcenters)
-    unreadable = int((~raw.readable).sum())
-    if unreadable > max_bad_fraction * count:
+    if int((~raw.readable).sum()) > max_bad_fraction * count:
         raise too_many_unreadable(source, np.flatnonzero(~raw.readable).tolist(), raw.reasons.__getitem__,
                                   max_bad_fraction)
     scores = summarize(raw, class_index, len(spec.classes))
-    angles = scores.angle[raw.readable]
-    median = float(np.median(angles)) if len(angles) else math.nan
-    if not math.isfinite(median):
+    if not np.isfinite(scores.angle[raw.readable]).any():
         raise TooManyBadSamples(f"none of the {count} samples gave a finite angle (each is unreadable or has a "
                                 "non-finite embedding), so there is no median angle and nothing to prune by",
                                 "check the images and the model (with --precision fp16/bf16, try fp32)")
-    auto = choose_threshold(angles, fallback=DEFAULT_ANGLE)
-    health = assess(angles, scores.angle_other[raw.readable], auto.noise_share, auto.angle)
-    manifest = scores_table(table, class_index, scores)
-    classes = classes_table(class_index, manifest["label"], raw.readable, scores.nearest,
-                            scores.dominant[class_index], spec.subcenters)
     meta = manifest_metadata(
         "scores", model={"backbone": spec.backbone, "subcenters": spec.subcenters, "margin": spec.margin,
                          "scale": spec.scale, "embedding_size": spec.embedding_size, "image_size": spec.image_size},
         num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
-        input_fingerprint=table_fingerprint(table), input_root=source_root(source), run_id=new_run_id(),
-        health=health.as_dict(), auto_threshold=auto.as_dict())
-    paths = [out, sibling(out, "classes")] + ([embeddings] if embeddings is not None else [])
-    with atomic_outputs(paths) as temps:
-        write_table(temps[0], manifest, meta | {"rows": manifest.num_rows})
-        write_table(temps[1], classes, meta | {"kind": "classes", "rows": classes.num_rows})
-        if embeddings is not None:
-            area.write_embeddings(temps[2], count, spec.embedding_size)
+        input_fingerprint=table_fingerprint(table), input_root=source_root(source))
+    summary = finish_scores(scores_table(table, class_index, scores), meta, out, embeddings,
+                            lambda tmp: area.write_embeddings(tmp, count, spec.embedding_size), judge)
     duplicates = int(table["path"].dropna().duplicated().sum())
     if duplicates:
         logger.warning("%d rows repeat a path already listed: each is scored as its own sample", duplicates)
@@ -169,15 +167,42 @@ def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd
     if non_finite:
         logger.warning("%d samples gave a non-finite embedding and are recorded as unreadable (with --precision "
                        "fp16/bf16 an overflow does this: try fp32)", non_finite)
-    for warning in health.warnings:
+    return {**summary, "classes": len(spec.classes), "non_finite": non_finite, "resized": int(raw.resized.sum()),
+            "duplicate_paths": duplicates}
+
+
+def finish_scores(manifest: pa.Table, meta: dict[str, Any], out: Path, embeddings: Path | None,
+                  write_embeddings: Callable[[Path], None], judge: bool = True) -> dict[str, Any]:
+    """Judge a finished scores table — model health and the suggested threshold, from its own columns — record
+    both in its metadata, and publish it with its classes table (and the embeddings) together; returns the
+    summary every score shares."""
+    from facecleaner.manifests.classes import classes_table
+    from facecleaner.pruning.threshold import choose_threshold
+    from facecleaner.scoring.health import assess
+
+    readable = pc.equal(manifest["status"], STATUS_OK).to_numpy(zero_copy_only=False)
+    angle = pc.fill_null(manifest["angle"], np.nan).to_numpy(zero_copy_only=False).astype(np.float64)[readable]
+    other = pc.fill_null(manifest["angle_other"], np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    auto = choose_threshold(angle, fallback=DEFAULT_ANGLE)
+    health = assess(angle, other[readable], auto.noise_share, auto.angle)
+    class_index = manifest["class_index"].to_numpy()
+    nearest = pc.fill_null(manifest["nearest_subcenter"], 0).to_numpy()
+    classes = classes_table(class_index, manifest["label"], readable, nearest,
+                            manifest["dominant_subcenter"].to_numpy(), meta["model"]["subcenters"])
+    meta = meta | {"run_id": new_run_id(), "health": health.as_dict(), "auto_threshold": auto.as_dict()}
+    paths = [out, sibling(out, "classes")] + ([embeddings] if embeddings is not None else [])
+    with atomic_outputs(paths) as temps:
+        write_table(temps[0], manifest, meta | {"rows": manifest.num_rows})
+        write_table(temps[1], classes, meta | {"kind": "classes", "rows": classes.num_rows})
+        if embeddings is not None:
+            write_embeddings(temps[2])
+    for warning in health.warnings if judge else ():
         logger.warning("%s", warning)
-    return {
-        "scores": str(out), "samples": count, "classes": len(spec.classes), "unreadable": unreadable,
-        "non_finite": non_finite, "resized": int(raw.resized.sum()), "duplicate_paths": duplicates,
-        "median_angle": health.median_angle, "over_75": int((angles > DEFAULT_ANGLE).sum()),
-        "suggested_angle": auto.angle, "auto_threshold": auto.as_dict(), "health": health.as_dict(),
-        "non_dominant": int((scores.nearest[raw.readable] != scores.dominant[class_index][raw.readable]).sum()),
-    }
+    is_dominant = pc.fill_null(manifest["is_dominant"], True).to_numpy(zero_copy_only=False)
+    return {"scores": str(out), "samples": manifest.num_rows, "unreadable": int((~readable).sum()),
+            "median_angle": health.median_angle, "over_75": int((angle > DEFAULT_ANGLE).sum()),
+            "non_dominant": int((~is_dominant[readable]).sum()), "suggested_angle": auto.angle,
+            "auto_threshold": auto.as_dict(), "health": health.as_dict()}
 
 
 def _check_options(batch_size: int, workers: int | None, max_bad_fraction: float, embeddings: Path | None) -> None:
@@ -224,7 +249,7 @@ def _check_finite_weights(model: LoadedModel, run_dir: Path) -> None:
                               "earlier model")
 
 
-def _on_rank0(world: Dist, step: Callable[[], T]) -> T:
+def on_rank0(world: Dist, step: Callable[[], T]) -> T:
     """Run ``step`` on rank 0 only and give its result to every rank; its failure fails every rank."""
     if not world.enabled:
         return step()

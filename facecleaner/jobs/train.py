@@ -20,6 +20,7 @@ from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, In
 from facecleaner.fileio import atomic_output, check_distinct, recover_outputs
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, table_fingerprint
+from facecleaner.sources.base import SubsetSource
 from facecleaner.sources.labels import encode_labels
 
 if TYPE_CHECKING:
@@ -35,26 +36,39 @@ SUMMARY_FILE = "summary.json"
 
 def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
           progress: bool = True, config_file: str | Path | None = None,
-          given: Collection[str] | None = None) -> dict[str, Any]:
+          given: Collection[str] | None = None, folds: int = 1) -> dict[str, Any]:
     """Train a sub-center ArcFace model on ``data``; writes ``out/model.pt`` and returns the summary.
 
     ``config_file`` is the ``--config`` file the settings came from, if any: it may not be one of RUN_DIR's
     files. With ``resume``, the settings named in ``given`` (by default, those in ``config`` that differ from
     ``TrainConfig()``'s) count as asked for, and any of them but ``epochs`` that differs from the run's is refused.
+    ``folds`` > 1 trains that many models for held-out scoring instead (:mod:`facecleaner.jobs.folds`).
 
     Under torchrun every rank calls this: the backbone runs in DDP, the head is sharded by class, and
     rank 0 alone writes the run directory's files.
     """
+    if folds > 1:
+        from facecleaner.jobs.folds import train_folds
+
+        return train_folds(data, out, folds, config, resume, progress, config_file, given)
+    return train_run(data, out, config, resume, progress, config_file, given)
+
+
+def train_run(data: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
+              progress: bool = True, config_file: str | Path | None = None, given: Collection[str] | None = None,
+              rows: np.ndarray | None = None) -> dict[str, Any]:
+    """One model in ``out``: :func:`train` without folds; ``rows`` limits training to those samples of ``data``
+    (the model still knows every identity of ``data``, so it can score every sample)."""
     run_dir = Path(out)
     config = config or TrainConfig()
     config.validate()
     _check_paths(Path(data), run_dir, config, config_file)
     with _RunLog(run_dir / LOG_FILE) as log, _ctrl_c_is_an_error(run_dir):
-        return _train(data, run_dir, config, resume, progress, log, given)
+        return _train(data, run_dir, config, resume, progress, log, given, rows)
 
 
 def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, progress: bool,
-           log: _RunLog, given: Collection[str] | None) -> dict[str, Any]:
+           log: _RunLog, given: Collection[str] | None, rows: np.ndarray | None) -> dict[str, Any]:
     from facecleaner import distributed
     from facecleaner.model.checkpoint import CHECKPOINT_FILE, MODEL_FILE, ModelSpec
     from facecleaner.model.runtime import resolve_device
@@ -73,8 +87,10 @@ def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, p
     elif (run_dir / CHECKPOINT_FILE).exists() or (run_dir / MODEL_FILE).exists():
         raise InputError(f"{run_dir} already holds a run", "pass --resume to continue it, or choose another --out")
     source = open_source(data)
+    class_index, classes = encode_labels(source.table()["label"])
+    if rows is not None:
+        source, class_index = SubsetSource(source, rows), class_index[rows]
     table = source.table()
-    class_index, classes = encode_labels(table["label"])
     if len(classes) < 2:
         raise InputError(f"{source.description} has only one identity",
                          "training separates identities: give a dataset with at least two")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from facecleaner.errors import TooManyBadSamples
@@ -35,6 +36,28 @@ class Source(Protocol):
         ...
 
 
+class SubsetSource:
+    """Rows ``rows`` of another source, renumbered 0..len(rows)-1: what one model of held-out scoring
+    (``train --folds``) trains on. Picklable like its source; its table is rebuilt in each process."""
+
+    def __init__(self, source: Source, rows: np.ndarray) -> None:
+        self.source = source
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.description = f"{source.description}, {len(self.rows)} of its samples"
+        self._table: pd.DataFrame | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_table": None}
+
+    def table(self) -> pd.DataFrame:
+        if self._table is None:
+            self._table = self.source.table().iloc[self.rows].reset_index(drop=True)
+        return self._table
+
+    def read_bytes(self, index: int) -> bytes:
+        return self.source.read_bytes(int(self.rows[index]))
+
+
 def table_fingerprint(table: pd.DataFrame) -> str:
     """A short, stable hash of what identifies the input: its paths/record indices and labels."""
     digest = hashlib.sha256()
@@ -47,6 +70,8 @@ def table_fingerprint(table: pd.DataFrame) -> str:
 def sample_name(source: Source, index: int) -> str:
     """Where sample ``index`` is, as the user finds it: the file opened (relative paths already resolved against
     the manifest's folder), or ``record KEY of FILE.rec``."""
+    if isinstance(source, SubsetSource):
+        return sample_name(source.source, int(source.rows[index]))
     resolved_path = getattr(source, "resolved_path", None)
     if resolved_path is not None:
         return resolved_path(index)
