@@ -350,9 +350,10 @@ def demo(out: Path, identities: int, images_per_identity: int, epochs: int, lr: 
                              lr=lr, seed=seed, progress=not quiet)
     lines = [f"demo: {summary['samples']} samples of {summary['identities']} identities in {summary['out']}",
              f"median angle {summary['median_angle']:.1f}°; dropped set against the planted noise:",
-             f"  {'rule':<20}{'precision':>10}{'recall':>8}{'F1':>7}{'clean kept':>12}"]
+             f"  {'rule':<20}{'angle':>7}{'precision':>10}{'recall':>8}{'F1':>7}{'clean kept':>12}"]
     for name, m in summary["rules"].items():
-        lines.append(f"  {name:<20}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}{m['clean_kept']:>12.3f}")
+        lines.append(f"  {name:<20}{m['angle']:>6.1f}°{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
+                     f"{m['clean_kept']:>12.3f}")
     _emit(summary, as_json, lines)
 
 

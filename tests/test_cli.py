@@ -332,7 +332,7 @@ def test_demo_figures_agree_with_its_manifests(tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     truth = pd.read_parquet(out / "data" / "manifest.parquet")
     assert summary["samples"] == len(truth) == 60 and summary["identities"] == 6
-    for rule, name in (("paper", "clean"), ("drop_non_dominant", "clean_strict")):
+    for rule, name in (("paper", "clean"), ("drop_non_dominant", "clean_strict"), ("auto", "clean_auto")):
         dropped = pd.read_parquet(out / f"{name}.dropped.parquet")
         kept = pd.read_parquet(out / f"{name}.parquet")
         assert len(dropped) + len(kept) == len(truth)
@@ -343,6 +343,8 @@ def test_demo_figures_agree_with_its_manifests(tmp_path: Path) -> None:
         assert figures["recall"] == pytest.approx(hits / truth["is_noise"].sum())
         assert figures["clean_kept"] == pytest.approx((~kept["is_noise"]).sum() / (~truth["is_noise"]).sum())
         assert 0 < len(dropped) < len(truth)  # a model that separated the classes: the figures mean something
+        assert (dropped.loc[dropped["reason"] == "angle", "angle"] > figures["angle"]).all()
+    assert summary["rules"]["paper"]["angle"] == 75.0
     paper_dropped = set(pd.read_parquet(out / "clean.dropped.parquet")["sample_id"])
     strict_dropped = set(pd.read_parquet(out / "clean_strict.dropped.parquet")["sample_id"])
     assert paper_dropped <= strict_dropped  # the stricter rule drops everything the paper's does

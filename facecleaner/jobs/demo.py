@@ -19,10 +19,13 @@ from facecleaner.scoring.workarea import WORK_SUFFIX
 #: Marks a folder as a demo's, listing what the demo writes there; a later demo replaces exactly these.
 MARKER = ".facecleaner-demo.json"
 DATA, RUN, SCORES = "data", "run", "scores.parquet"
-RULE_FILES = {"paper": "clean.parquet", "drop_non_dominant": "clean_strict.parquet"}
-ENTRIES = (DATA, RUN, SCORES, "scores.classes.parquet", "clean.parquet", "clean.dropped.parquet",
-           "clean.classes.parquet", "clean_strict.parquet", "clean_strict.dropped.parquet",
-           "clean_strict.classes.parquet", f"{SCORES}{WORK_SUFFIX}", SUMMARY_FILE)
+#: Each rule the demo reports: its clean manifest and prune's options.
+RULES = {"paper": ("clean.parquet", {}),
+         "drop_non_dominant": ("clean_strict.parquet", {"drop_non_dominant": True}),
+         "auto": ("clean_auto.parquet", {"angle": "auto"})}
+ENTRIES = (DATA, RUN, SCORES, "scores.classes.parquet", f"{SCORES}{WORK_SUFFIX}", SUMMARY_FILE,
+           *(f"{Path(clean).stem}{part}.parquet" for clean, _ in RULES.values()
+             for part in ("", ".dropped", ".classes")))
 
 
 def demo(out: str | Path = "facecleaner-demo", identities: int = DEMO_IDENTITIES,
@@ -51,11 +54,11 @@ def demo(out: str | Path = "facecleaner-demo", identities: int = DEMO_IDENTITIES
     scored = score(root / RUN, manifest, root / SCORES, device="cpu", progress=progress)
     truth = pd.read_parquet(manifest, columns=["is_noise"])["is_noise"].to_numpy()
     rules = {}
-    for name, file_name in RULE_FILES.items():
+    for name, (file_name, options) in RULES.items():
         clean_path = root / file_name
-        pruned = prune(root / SCORES, clean_path, drop_non_dominant=name == "drop_non_dominant", force=True)
+        pruned = prune(root / SCORES, clean_path, force=True, **options)
         kept = pd.read_parquet(clean_path, columns=["sample_id"])["sample_id"].to_numpy()
-        rules[name] = {**kept_detection_metrics(kept, truth), "clean": pruned["clean"],
+        rules[name] = {**kept_detection_metrics(kept, truth), "angle": pruned["angle"], "clean": pruned["clean"],
                        "dropped_file": pruned["dropped"]}
     summary = {"out": str(root), "samples": len(truth), "identities": identities,
                "train": {key: trained[key] for key in ("final_accuracy", "final_mean_angle", "epochs",
