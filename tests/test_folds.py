@@ -107,6 +107,8 @@ def test_training_resumes_at_the_unfinished_fold(folded: tuple[Path, Path], tmp_
     assert (run / "fold-2" / "model.pt").is_file()
     result = invoke("train", data, "--out", run, "--folds", "3", "--resume", "-q")
     assert_error(result, "folds 3 (the run has 2)")
+    for resume in ([], ["--resume"]):  # a plain run never starts inside, nor resumes, held-out training
+        assert_error(invoke("train", data, "--out", run, *resume, "-q"), "holds the models of held-out training")
 
 
 def test_held_out_scoring_needs_the_data_the_folds_came_from(folded: tuple[Path, Path], tmp_path: Path) -> None:

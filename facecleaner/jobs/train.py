@@ -70,6 +70,7 @@ def train_run(data: str | Path, out: str | Path, config: TrainConfig | None = No
 def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, progress: bool,
            log: _RunLog, given: Collection[str] | None, rows: np.ndarray | None) -> dict[str, Any]:
     from facecleaner import distributed
+    from facecleaner.jobs.folds import is_folded
     from facecleaner.model.checkpoint import CHECKPOINT_FILE, MODEL_FILE, ModelSpec
     from facecleaner.model.runtime import resolve_device
     from facecleaner.training.loop import METRICS_FILE, train_model
@@ -78,6 +79,9 @@ def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, p
     if world.is_main:
         recover_outputs(_run_files(run_dir))
     config_file = run_dir / CONFIG_FILE
+    if is_folded(run_dir):
+        raise InputError(f"{run_dir} holds the models of held-out training (train --folds)",
+                         "give the same --folds to resume it, or choose another --out")
     if resume:
         if not (run_dir / CHECKPOINT_FILE).is_file():
             raise CheckpointError(f"{run_dir} has no {CHECKPOINT_FILE} to resume from",
