@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from facecleaner.pruning import threshold
 from facecleaner.pruning.threshold import MAX_DEPTH, angle_density, choose_threshold
 
 
@@ -81,3 +82,15 @@ def test_density_integrates_to_one_and_matches_a_known_normal() -> None:
     # smoothing a N(60, 10) with a 1° kernel gives N(60, √101)
     expected = normal_pdf(grid, 60.0, math.sqrt(101.0))
     assert np.max(np.abs(density - expected)) < 0.02 * expected.max()
+
+
+def test_a_valley_beyond_90_degrees_is_not_a_noise_cut() -> None:
+    """Clean mode, an overlapping noise shoulder, and a far mode of badly embedded images near 120°: the only
+    valley lies beyond 90°, between noise and that far mode; cutting there would keep all the noise."""
+    angles = np.concatenate([draw([(0.7, 28.0, 8.0), (0.1, 60.0, 12.0)], 6_000, seed=7),
+                             np.random.default_rng(8).normal(120.0, 6.0, 1_500)])
+    chosen = choose_threshold(angles, fallback=75.0)
+    assert chosen.angle == 75.0 and not chosen.noise_mode
+    with pytest.MonkeyPatch.context() as patch:  # the valley is there, beyond 90°: the cap alone refuses it
+        patch.setattr(threshold, "MAX_ANGLE", 180.0)
+        assert choose_threshold(angles).angle > 90.0
