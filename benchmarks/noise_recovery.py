@@ -14,7 +14,7 @@ Yale B come from ../shared/data/faces (research data: never copied into the repo
 when the folder is absent.
 
     python benchmarks/noise_recovery.py --work /tmp/noise-recovery [--sets demo30,orl] [--subcenters 3,1]
-        [--folds 0,5] [--epochs N] [--lr X] [--seed 0] [--json results.json]
+        [--folds 0,5] [--epochs N] [--lr X] [--image-size 32] [--seed 0] [--json results.json]
 
 Everything is cached under --work (data, runs, scores): a rerun only evaluates, and an interrupted run resumes
 where it stopped. Prints one markdown table row per set × K × folds × rule × threshold.
@@ -97,11 +97,12 @@ def scores_of(work: Path, name: str, subcenters: int, folds: int, args: argparse
     if not manifest.is_file():
         SETS[name](data, args.seed)
     recipe = "" if args.epochs is None and args.lr is None else f"-e{args.epochs}-lr{args.lr}"
+    recipe += "" if args.image_size == IMAGE_SIZE else f"-px{args.image_size}"
     run = work / "runs" / f"{name}-s{args.seed}-k{subcenters}-f{folds}{recipe}"
     scores = run / "scores.parquet"
     timing_file = run / "timing.json"
     if not scores.is_file():
-        config = TrainConfig(backbone="tiny", image_size=IMAGE_SIZE, subcenters=subcenters, device="cpu",
+        config = TrainConfig(backbone="tiny", image_size=args.image_size, subcenters=subcenters, device="cpu",
                              seed=args.seed, epochs=args.epochs, lr=args.lr)
         model = run / "model"
         started = time.perf_counter()
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--folds", default="0,5", help="0: in-sample scores; K: train --folds K")
     parser.add_argument("--epochs", type=int, default=None, help="override train's default")
     parser.add_argument("--lr", type=float, default=None, help="override train's default")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="the model's input size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write every row here")
     args = parser.parse_args()
