@@ -69,7 +69,7 @@ def train_folds(data: str | Path, out: str | Path, folds: int, config: TrainConf
     from facecleaner import distributed
     from facecleaner.jobs.score import on_rank0
     from facecleaner.jobs.train import SUMMARY_FILE, train_run
-    from facecleaner.model.checkpoint import CHECKPOINT_FILE, MODEL_FILE
+    from facecleaner.model.checkpoint import CHECKPOINT_FILE
     from facecleaner.model.runtime import resolve_device
 
     if not 2 <= folds <= MAX_FOLDS:
@@ -87,7 +87,7 @@ def train_folds(data: str | Path, out: str | Path, folds: int, config: TrainConf
     summaries = []
     for fold in range(folds):
         fold_run = fold_dir(run_dir, fold)
-        if (fold_run / MODEL_FILE).is_file():
+        if (fold_run / SUMMARY_FILE).is_file():  # written last: the fold is finished
             summaries.append(json.loads((fold_run / SUMMARY_FILE).read_text()))
             continue
         logger.info("fold %d of %d: training on %d samples, %d held out", fold + 1, folds,
