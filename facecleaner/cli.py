@@ -396,3 +396,41 @@ def export(manifest: Path, fmt: str, out: Path, link: str, label_column: str, ro
     skipped = f", {summary['skipped']} skipped" if summary["skipped"] else ""
     _emit(summary, as_json, [f"{fmt}: {summary['dest']} ({summary['written']} images, {summary['classes']} "
                              f"classes{skipped})"])
+
+
+@main.command("export-model")
+@click.argument("run_dir", type=PATH)
+@click.option("--format", "fmt", type=click.Choice(["pth", "onnx"]), required=True,
+              help="pth: the backbone's state dict under arcface_torch's names (what --init-backbone reads); "
+                   "onnx: the backbone as an ONNX graph with a dynamic batch axis.")
+@click.option("--out", type=PATH, required=True, help="The file to write (a new one: an export never overwrites).")
+@quiet_option
+@json_option
+def export_model(run_dir: Path, fmt: str, out: Path, quiet: bool, as_json: bool) -> None:
+    """Export the backbone of a trained model for other tools.
+
+    RUN_DIR is the run directory of a finished `facecleaner train` (or its model.pt). pth writes a plain
+    state dict that arcface_torch and `train --init-backbone` load. onnx takes input "input", float32
+    [N, 3, S, S] in RGB order normalised as (pixel - 127.5) / 127.5, S the model's image size, and gives
+    output "embedding" [N, E], not L2-normalised; the file is checked with onnxruntime against torch before
+    it is published (needs pip install "facecleaner[onnx]").
+
+    \b
+    Example:
+      facecleaner export-model run/ --format pth --out backbone.pth
+      facecleaner export-model run/ --format onnx --out backbone.onnx
+    """
+    from facecleaner import api
+
+    _setup_logging(quiet)
+    summary = _run(api.export_model)(run_dir, fmt, out)
+    lines = [f"{fmt}: {summary['out']} ({summary['backbone']} backbone, {summary['embedding_size']}-d embeddings, "
+             f"{summary['image_size']}×{summary['image_size']} input)"]
+    if fmt == "onnx":
+        check = summary["check"]
+        lines += [f"input {summary['input']['name']!r} float32 [N, 3, {summary['image_size']}, "
+                  f"{summary['image_size']}]: {summary['input']['normalisation']}",
+                  f"output {summary['output']['name']!r} [N, {summary['embedding_size']}], not L2-normalised; "
+                  f"onnxruntime matches torch to {check['max_abs_diff']:.2g} (embeddings up to "
+                  f"{check['embedding_scale']:.2g})"]
+    _emit(summary, as_json, lines)

@@ -77,7 +77,7 @@ def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, p
 
     world = distributed.init(resolve_device(config.device))
     if world.is_main:
-        recover_outputs(_run_files(run_dir))
+        recover_outputs(run_files(run_dir))
     config_file = run_dir / CONFIG_FILE
     if is_folded(run_dir):
         raise InputError(f"{run_dir} holds the models of held-out training (train --folds)",
@@ -180,11 +180,11 @@ def _check_paths(data: Path, run_dir: Path, config: TrainConfig, config_file: st
     elif (data / "train.rec").is_file():
         inputs.update({"DATA's train.rec": data / "train.rec", "DATA's train.idx": data / "train.idx"})
     outputs: dict[str, str | Path | None] = {"--out": run_dir}
-    outputs.update({f"--out ({path.name})": path for path in _run_files(run_dir)})
+    outputs.update({f"--out ({path.name})": path for path in run_files(run_dir)})
     check_distinct(inputs, outputs)
 
 
-def _run_files(run_dir: Path) -> list[Path]:
+def run_files(run_dir: Path) -> list[Path]:
     """Every file train writes in RUN_DIR."""
     from facecleaner.model.checkpoint import CHECKPOINT_FILE, MODEL_FILE
     from facecleaner.training.loop import METRICS_FILE
