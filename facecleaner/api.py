@@ -10,7 +10,8 @@ from __future__ import annotations
 from facecleaner.exports import export_manifest as export
 from facecleaner.jobs.demo import demo
 from facecleaner.jobs.prune import DEFAULT_ANGLE, prune
+from facecleaner.jobs.report import report
 from facecleaner.jobs.score import score
 from facecleaner.jobs.train import train
 
-__all__ = ["DEFAULT_ANGLE", "demo", "export", "prune", "score", "train"]
+__all__ = ["DEFAULT_ANGLE", "demo", "export", "prune", "report", "score", "train"]
