@@ -53,11 +53,12 @@ def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = SIZE, **kw
     return figure, figure.subplots(rows, cols, **kwargs)
 
 
-def _draw_marks(axes: Any, found: Sequence[dict[str, Any]]) -> None:
+def _draw_marks(axes: Any, found: Sequence[dict[str, Any]], notes: dict[str, str] | None = None) -> None:
     styles = {"paper": "--", "auto": ":", "used": "-"}
     for mark in found:
+        note = (notes or {}).get(mark["name"])
         axes.axvline(mark["angle"], color=COLOURS[mark["name"]], linestyle=styles[mark["name"]], linewidth=1.4,
-                     label=mark["label"])
+                     label=mark["label"] + (f": {note}" if note else ""))
 
 
 def _save(figure: Any, path: Path) -> None:
@@ -105,19 +106,14 @@ def kept_share(angle: np.ndarray, readable: np.ndarray, found: Sequence[dict[str
     shares = np.searchsorted(values, thresholds, side="right") / total
     figure, axes = _figure()
     axes.plot(thresholds, shares, color=COLOURS["kept"], linewidth=2, label="kept by the angle rule")
-    _draw_marks(axes, found)
-    at = {}
-    for mark in found:
-        share = float(np.searchsorted(values, mark["angle"], side="right") / total)
-        at[mark["name"]] = {"angle": mark["angle"], "share": share}
-        if CURVE_RANGE[0] <= mark["angle"] <= CURVE_RANGE[1]:
-            axes.annotate(f"{share:.1%}", (mark["angle"], share), textcoords="offset points", xytext=(4, -12),
-                          fontsize=8, color=COLOURS[mark["name"]])
+    at = {m["name"]: {"angle": m["angle"], "share": float(np.searchsorted(values, m["angle"], side="right") / total)}
+          for m in found}
+    _draw_marks(axes, found, {name: f"keeps {entry['share']:.1%}" for name, entry in at.items()})
     if run is not None:
         at["run"] = {"angle": float(run[0]), "share": float(run[1])}
         if CURVE_RANGE[0] <= run[0] <= CURVE_RANGE[1]:
             axes.plot([run[0]], [run[1]], "o", color=COLOURS["used"], markersize=5,
-                      label=f"this run kept {run[1]:.1%}")
+                      label=f"this run: {run[1]:.1%} at {run[0]:g}°")
     axes.set_xlim(*CURVE_RANGE)
     low = float(shares.min()) if len(shares) else 0.0
     axes.set_ylim(max(0.0, math.floor(low * 10) / 10 - 0.05), 1.01)
@@ -126,7 +122,7 @@ def kept_share(angle: np.ndarray, readable: np.ndarray, found: Sequence[dict[str
     axes.set_ylabel("share of samples kept")
     axes.set_title("Share kept against the threshold", fontsize=11)
     axes.grid(alpha=0.3)
-    figure.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    figure.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     _save(figure, path)
     return {"file": path.name, "thresholds": thresholds.tolist(), "share": shares.tolist(), "samples": len(angle),
             "at": at}
