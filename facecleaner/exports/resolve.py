@@ -90,16 +90,17 @@ class ExportInput:
 
     ``meta`` is the manifest's facecleaner metadata, ``{}`` for a table without it; ``labels`` is the label
     column as int64 or text; ``root`` (``--root``) is the folder relative paths start from or, for RecordIO
-    rows, the source ``train.rec``.
+    rows, the source ``train.rec``; ``kind`` the manifest kind our metadata must say (``report`` opens a
+    scores manifest this way to draw its thumbnails).
     """
 
-    def __init__(self, manifest: Path, label_column: str, root: Path | None = None) -> None:
+    def __init__(self, manifest: Path, label_column: str, root: Path | None = None, kind: str = "clean") -> None:
         self.manifest = Path(manifest)
         self.label_column = label_column
         if root is not None and not Path(root).exists():
             raise InputError(f"--root {root} does not exist",
                              "give the folder relative paths start from, or the train.rec of RecordIO rows")
-        names, self.meta = table_columns(self.manifest, "clean")
+        names, self.meta = table_columns(self.manifest, kind)
         require_columns(self.manifest, names, ["path"],
                         "export needs a 'path' column (image files; relative paths start from the manifest's "
                         "folder or --root) and the label column")

@@ -100,6 +100,7 @@ def prune(scores: str | Path, out: str | Path, angle: float | str = DEFAULT_ANGL
     base_meta = {key: meta[key] for key in INHERITED if key in meta}
     base_meta |= {"angle_threshold": threshold, "angle_choice": AUTO if auto else "fixed", "rule": rule,
                   "drop_other_class": drop_other_class, "min_images": min_images, "scores": str(scores),
+                  **({"scores_run_id": meta["run_id"]} if isinstance(meta.get("run_id"), str) else {}),
                   **({"auto_threshold": auto.as_dict()} if auto else {})}
 
     def metadata(role: str) -> dict[str, Any]:
