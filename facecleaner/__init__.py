@@ -1,7 +1,8 @@
 """facecleaner: clean noisy face-recognition datasets with Sub-center ArcFace.
 
-The API mirrors the command line: ``facecleaner.train``, ``score``, ``prune``, ``export`` and ``demo``. They are
-loaded on first use, so ``import facecleaner`` stays cheap (no torch import until a command needs it).
+The API mirrors the command line: ``facecleaner.train``, ``score``, ``prune``, ``export``, ``demo`` and
+``evaluate`` (the ``eval`` command). They are loaded on first use, so ``import facecleaner`` stays cheap (no torch
+import until a command needs it).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("train", "score", "prune", "export", "demo")
+_API = ("train", "score", "prune", "export", "demo", "evaluate")
 __all__ = ["__version__", *_API]
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from facecleaner.exports import export_manifest as export
 from facecleaner.jobs.demo import demo
+from facecleaner.jobs.evaluate import evaluate
 from facecleaner.jobs.prune import DEFAULT_ANGLE, prune
 from facecleaner.jobs.score import score
 from facecleaner.jobs.train import train
 
-__all__ = ["DEFAULT_ANGLE", "demo", "export", "prune", "score", "train"]
+__all__ = ["DEFAULT_ANGLE", "demo", "evaluate", "export", "prune", "score", "train"]
