@@ -358,6 +358,11 @@ def test_csv_pairs_with_folds_and_an_unreadable_image(scene: Scene, tmp_path: Pa
     np.testing.assert_allclose(summary["fold_thresholds"], thresholds, atol=1e-9)
     assert (summary["pairs"], summary["evaluated_pairs"], summary["unreadable_pairs"], summary["folds"]) == \
         (25, 24, 1, 3)
+    image = scene.images[0].read_bytes()
+    (scene.root / "people" / "ann" / "face.png").symlink_to(scene.images[0])
+    assert_error(eval_cli(scene.run, "--pairs", csv, "--root", scene.root, "--roc", scene.root / "people" / "ann" /
+                          "face.png"), "is one of the images of the pair list")
+    assert scene.images[0].read_bytes() == image
 
 
 @pytest.mark.parametrize(("text", "fragment"), [

@@ -7,6 +7,7 @@ by the squared L2 distance of their unit embeddings, and :mod:`facecleaner.verif
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def evaluate(run_dir: str | Path, pairs: str | Path, root: str | Path | None = N
     check_distinct({"model": model_file, "PAIRS": pairs_path}, {"--roc": roc_path})
     check_file_outputs({"--roc": roc_path})
     listed = read_pairs(pairs_path, root)
+    _check_roc_is_no_image(roc_path, listed.images)
     model = load_model(run_dir)
     spec = model.spec
     torch_device = resolve_device(device)
@@ -98,6 +100,18 @@ def evaluate(run_dir: str | Path, pairs: str | Path, root: str | Path | None = N
                  f"({summary['evaluated_pairs']} pairs, flip {'on' if flip else 'off'})")
         save_roc(roc_path, curve, title, summary["tpr_at_fpr"])
     return summary
+
+
+def _check_roc_is_no_image(roc: Path | None, images: Any) -> None:
+    """--roc may not be one of the pair list's image files (a .png face would be overwritten)."""
+    resolved_path = getattr(images, "resolved_path", None)
+    if roc is None or resolved_path is None:
+        return
+    target = os.path.realpath(roc)
+    for index in range(len(images.table())):
+        if os.path.realpath(resolved_path(index)) == target:
+            raise InputError(f"--roc {roc} is one of the images of the pair list: writing it would destroy it",
+                             "choose another --roc")
 
 
 def _folds(given: np.ndarray | None, usable: np.ndarray, folds: int, pairs_path: Path) -> np.ndarray:
