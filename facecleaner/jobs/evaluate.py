@@ -17,6 +17,7 @@ from facecleaner.errors import CheckpointError, InputError
 from facecleaner.fileio import check_distinct, check_file_outputs
 from facecleaner.jobs.folds import FOLDS_FILE, is_folded
 from facecleaner.progress import logger
+from facecleaner.sources.base import check_decoding_options
 from facecleaner.verification.metrics import DEFAULT_FOLDS, FPR_TARGETS
 
 
@@ -134,13 +135,7 @@ def _folds(given: np.ndarray | None, usable: np.ndarray, folds: int, pairs_path:
 def _check_options(batch_size: int, workers: int | None, max_bad_fraction: float, folds: int,
                    fpr_targets: tuple[float, ...], roc: Path | None) -> None:
     """The API's own check of what the CLI's option types check."""
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size} must be at least 1", "give a positive batch size")
-    if workers is not None and workers < 0:
-        raise InputError(f"--workers {workers} must be 0 or more", "give 0 to decode in the main process")
-    if not 0 <= max_bad_fraction <= 1:
-        raise InputError(f"--max-bad-fraction {max_bad_fraction} must be between 0 and 1",
-                         "give the share of unreadable images to tolerate, e.g. 0.01")
+    check_decoding_options(batch_size, workers, max_bad_fraction, "images")
     if not 2 <= folds:
         raise InputError(f"folds={folds} must be at least 2", "the standard protocol uses 10")
     if not all(0 < t < 1 for t in fpr_targets):

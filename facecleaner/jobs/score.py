@@ -26,7 +26,7 @@ from facecleaner.manifests.schema import STATUS_OK
 from facecleaner.progress import logger
 from facecleaner.pruning.rules import DEFAULT_ANGLE
 from facecleaner.sources import open_source, source_root, table_fingerprint
-from facecleaner.sources.base import too_many_unreadable
+from facecleaner.sources.base import check_decoding_options, too_many_unreadable
 from facecleaner.sources.labels import lookup_labels
 
 if TYPE_CHECKING:
@@ -206,14 +206,8 @@ def finish_scores(manifest: pa.Table, meta: dict[str, Any], out: Path, embedding
 
 
 def _check_options(batch_size: int, workers: int | None, max_bad_fraction: float, embeddings: Path | None) -> None:
-    """The API's own check of what the CLI's option types check (a NaN fraction fails the comparison too)."""
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size} must be at least 1", "give a positive batch size")
-    if workers is not None and workers < 0:
-        raise InputError(f"--workers {workers} must be 0 or more", "give 0 to decode in the main process")
-    if not 0 <= max_bad_fraction <= 1:
-        raise InputError(f"--max-bad-fraction {max_bad_fraction} must be between 0 and 1",
-                         "give the share of unreadable samples to tolerate, e.g. 0.01")
+    """The API's own check of what the CLI's option types check."""
+    check_decoding_options(batch_size, workers, max_bad_fraction, "samples")
     if embeddings is not None and embeddings.suffix != ".npy":
         raise InputError(f"--embeddings {embeddings} must end in .npy", "embeddings are saved as a float16 .npy array")
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from facecleaner.errors import TooManyBadSamples
+from facecleaner.errors import InputError, TooManyBadSamples
 
 #: Columns every source table has, in this order; any further columns are the input's extras.
 BASE_COLUMNS = ("path", "rec_index", "label")
@@ -90,3 +90,15 @@ def too_many_unreadable(source: Source, rows: Sequence[int], why: Callable[[int]
     return TooManyBadSamples(f"{len(rows)} of {len(source.table())} samples are unreadable (more than "
                              f"--max-bad-fraction {fraction}): {', '.join(named)}{more}",
                              "fix or remove the broken files, or raise --max-bad-fraction")
+
+
+def check_decoding_options(batch_size: int, workers: int | None, max_bad_fraction: float, unit: str) -> None:
+    """The API's own check of the options every command that decodes and embeds a set shares (score, eval), which
+    the CLI's option types check too; a NaN fraction fails the comparison. ``unit`` names what may be unreadable."""
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size} must be at least 1", "give a positive batch size")
+    if workers is not None and workers < 0:
+        raise InputError(f"--workers {workers} must be 0 or more", "give 0 to decode in the main process")
+    if not 0 <= max_bad_fraction <= 1:
+        raise InputError(f"--max-bad-fraction {max_bad_fraction} must be between 0 and 1",
+                         f"give the share of unreadable {unit} to tolerate, e.g. 0.01")
