@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from facecleaner import __version__
-from facecleaner.errors import CheckpointError, FaceCleanerError, InputError
+from facecleaner.errors import FaceCleanerError, InputError
 from facecleaner.fileio import atomic_output, check_distinct, check_file_outputs, recover_outputs
 from facecleaner.jobs.folds import fold_dir, is_folded
 
@@ -60,7 +60,7 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path) -> dict[str, An
     ``train --folds`` RUN_DIR (export one of its ``fold-N`` runs), an ``--out`` that exists or is one of the
     run's files, onnx packages that are not installed, or an ONNX file whose outputs differ from torch's.
     """
-    from facecleaner.model.checkpoint import MODEL_FILE, file_sha256, load_model
+    from facecleaner.model.checkpoint import MODEL_FILE, check_finite_weights, file_sha256, load_model
 
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}", "choose pth or onnx")
@@ -76,7 +76,7 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path) -> dict[str, An
         _onnx_modules()  # before loading the model: a missing package is the first thing to say
     model = load_model(run_dir)
     backbone = model.backbone.eval()
-    _check_finite(backbone, model_file)
+    check_finite_weights(backbone.state_dict(), f"the backbone in {model_file}", "")
     recover_outputs([out])
     summary: dict[str, Any] = {
         "format": fmt, "out": os.path.abspath(out), "model": os.path.abspath(model_file), "model_sha256": model.sha256,
@@ -108,15 +108,6 @@ def _refuse_existing(out: Path) -> None:
     if out.exists() or out.is_symlink():
         raise InputError(f"--out {out} already exists",
                          "give a new file name, or remove the old file; an export never overwrites")
-
-
-def _check_finite(backbone: torch.nn.Module, model_file: Path) -> None:
-    """Refuse a backbone with NaN or infinite weights (a diverged training): its embeddings would be NaN."""
-    bad = [name for name, t in backbone.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise CheckpointError(f"the backbone in {model_file} has non-finite weights (in {', '.join(bad[:3])}"
-                              f"{', …' if len(bad) > 3 else ''})",
-                              "its training diverged: retrain (a lower --lr, or --precision fp32)")
 
 
 def _write_pth(backbone: torch.nn.Module, out: Path) -> dict[str, Any]:

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
-from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, Interrupted, TooManyBadSamples
+from facecleaner.errors import FaceCleanerError, InputError, Interrupted, TooManyBadSamples
 from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, fault_point, recover_outputs
 from facecleaner.jobs.folds import is_folded, score_folds
 from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
@@ -53,7 +52,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
     """
     from facecleaner import distributed
     from facecleaner.config import default_workers
-    from facecleaner.model.checkpoint import load_model
+    from facecleaner.model.checkpoint import check_finite_weights, load_model
     from facecleaner.model.runtime import resolve_device, resolve_precision
     from facecleaner.scoring.measure import batch_rows, measure_batches
     from facecleaner.scoring.workarea import WorkArea, batches_per_part
@@ -72,7 +71,9 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
     check_distinct(_inputs(run_dir, data), outputs)
     check_file_outputs(outputs)
     model = load_model(run_dir)
-    _check_finite_weights(model, run_dir)
+    check_finite_weights({**{f"backbone.{k}": v for k, v in model.backbone.state_dict().items()},
+                          "head.weight": model.head.weight.detach()}, f"the model in {run_dir}",
+                         ", or score an earlier model")
     source = open_source(data)
     table = source.table()
     spec = model.spec
@@ -228,19 +229,6 @@ def _inputs(run_dir: Path, data: Path) -> dict[str, Path]:
         except InputError:
             pass  # not one of our manifests: it has no classes file of ours
     return inputs
-
-
-def _check_finite_weights(model: LoadedModel, run_dir: Path) -> None:
-    """Refuse a model with NaN or infinite weights (a diverged training): every angle would be NaN."""
-    tensors = {**{f"backbone.{k}": v for k, v in model.backbone.state_dict().items()},
-               "head.weight": model.head.weight.detach()}
-    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in tensors.items()
-           if t.is_floating_point() and not torch.isfinite(t).all()}
-    if bad:
-        raise CheckpointError(f"the model in {run_dir} has {sum(bad.values())} non-finite weights "
-                              f"(in {', '.join(list(bad)[:3])}{', …' if len(bad) > 3 else ''})",
-                              "its training diverged: retrain (a lower --lr, or --precision fp32), or score an "
-                              "earlier model")
 
 
 def on_rank0(world: Dist, step: Callable[[], T]) -> T:

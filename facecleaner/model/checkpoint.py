@@ -8,6 +8,7 @@ label map and the model's settings, so a run dir is self-contained.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,14 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_finite_weights(tensors: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged training): every embedding from them would be NaN.
+    ``what`` names the model in the error ("the model in run/"), ``fix`` says what to do instead."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in tensors.items()
+           if t.is_floating_point() and not torch.isfinite(t).all()}
+    if bad:
+        raise CheckpointError(f"{what} has {sum(bad.values())} non-finite weights "
+                              f"(in {', '.join(list(bad)[:3])}{', …' if len(bad) > 3 else ''})",
+                              f"its training diverged: retrain (a lower --lr, or --precision fp32){fix}")
