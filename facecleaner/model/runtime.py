@@ -34,6 +34,16 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def place_backbone(backbone: torch.nn.Module, device: torch.device) -> bool:
+    """Move ``backbone`` to ``device``, in channels_last layout on CUDA (faster convolutions there); returns
+    whether it is channels_last, which its input batches must then match (:func:`facecleaner.model.prepare_images`)."""
+    backbone.to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    return channels_last
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed-precision context for the backbone; fp32 means none."""
     if precision == "fp32":

@@ -17,7 +17,7 @@ import torch
 from facecleaner.manifests.schema import RESERVED, STATUS_OK, scores_schema
 from facecleaner.model import prepare_images
 from facecleaner.model.head import SubCenterArcFace
-from facecleaner.model.runtime import autocast, eval_mode
+from facecleaner.model.runtime import autocast, eval_mode, place_backbone
 from facecleaner.progress import progress_bar
 from facecleaner.scoring.angles import dominant_subcenters, own_class_cosines, to_degrees
 from facecleaner.scoring.search import OtherClassSearch
@@ -106,10 +106,7 @@ def measure_batches(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: 
     A sample whose image cannot be read, or whose embedding or angles are not finite (:data:`NON_FINITE`), is
     unreadable: it is recorded with its reason and never votes.
     """
-    backbone.to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        backbone.to(memory_format=torch.channels_last)
+    channels_last = place_backbone(backbone, device)
     subcenters = head.unit_subcenters().to(device)
     search_other = OtherClassSearch(subcenters)
     labels = torch.from_numpy(classes.astype(np.int64))

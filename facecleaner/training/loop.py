@@ -40,7 +40,7 @@ from facecleaner.model.checkpoint import (
     restore,
     save_model,
 )
-from facecleaner.model.runtime import autocast
+from facecleaner.model.runtime import autocast, place_backbone
 from facecleaner.model.sharded_head import ShardedSubCenterArcFace, gather_rows
 from facecleaner.progress import logger, progress_bar
 from facecleaner.sources.base import Source, too_many_unreadable
@@ -84,11 +84,8 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
         backbone, head = spec.build()
     if config.init_backbone:
         load_backbone_weights(backbone, Path(config.init_backbone))
-    backbone.to(device)
+    channels_last = place_backbone(backbone, device)
     head.to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        backbone.to(memory_format=torch.channels_last)
 
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD([p for p in params if p.requires_grad], lr=config.lr, momentum=config.momentum,

@@ -13,12 +13,11 @@ import numpy as np
 import torch
 
 from facecleaner.model import prepare_images
-from facecleaner.model.runtime import autocast, eval_mode
+from facecleaner.model.runtime import autocast, eval_mode, place_backbone
 from facecleaner.progress import progress_bar
+from facecleaner.scoring.measure import NON_FINITE
 from facecleaner.sources.base import Source
 from facecleaner.sources.dataset import DecodedImages, batch_loader, index_batches
-
-NON_FINITE = "non-finite embedding"
 
 
 @dataclass
@@ -36,10 +35,7 @@ def embed_images(backbone: torch.nn.Module, images: Source, image_size: int, emb
     count = len(images.table())
     result = Embedded(np.zeros((count, embedding_size), dtype=np.float32), np.zeros(count, dtype=bool),
                       [""] * count)
-    backbone.to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        backbone.to(memory_format=torch.channels_last)
+    channels_last = place_backbone(backbone, device)
     loader = batch_loader(DecodedImages(images, image_size), index_batches(np.arange(count), batch_size), workers,
                           device.type == "cuda")
     with eval_mode(backbone), progress_bar(count, "embedding", progress) as bar:
