@@ -94,7 +94,6 @@ def load_run(scores: Path, clean: Path | None = None, angle: float | str = DEFAU
     return _from_clean(scores, meta, columns, sample_id, auto, Path(clean), angle)
 
 
-
 def _from_clean(scores: Path, meta: dict[str, Any], columns: ScoreColumns, sample_id: np.ndarray,
                 auto: AutoThreshold, clean: Path, angle: float | str) -> RunView:
     names, clean_meta = table_columns(clean, "clean")
