@@ -573,3 +573,45 @@ def test_the_api_refuses_the_same_values(scene: Scene, tmp_path: Path, options: 
     with pytest.raises(InputError, match=next(iter(options)).replace("_", "-")):
         api.score(scene.run, scene.manifest, tmp_path / "s.parquet", device="cpu", progress=False, **options)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- scale: parts merged one at a time, extras streamed from the input, embeddings written in place --------------
+
+def test_many_small_parts_and_row_groups_stream_into_the_same_manifest(scene: Scene, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest is written part by part, its extra columns read from the input in batches of other sizes:
+    with parts of one batch, input batches of 5 rows and row groups of 7, every row equals the float64 reference,
+    the extras equal the input's (a list column too) and each embedding is its image's, zeros where unreadable."""
+    import pyarrow as pa
+
+    from facecleaner.scoring import merge, workarea
+
+    count, missing = IMAGES, {4, 17}
+    classes = np.arange(count) % len(CLASSES)
+    readable = np.array([i not in missing for i in range(count)])
+    extras = pa.table({"quality": np.arange(count) / 10, "note": [f"n{i}" if i % 3 else None for i in range(count)],
+                       "vector": pa.array([[float(i), -float(i)] for i in range(count)], pa.list_(pa.float32()))})
+    manifest = tmp_path / "m.parquet"
+    paths = [f"absent/{i}.png" if i in missing else str(scene.root / scene.images[i]) for i in range(count)]
+    pq.write_table(pa.table({"path": paths, "label": [CLASSES[c] for c in classes]}).append_column(
+        "status", pa.array(["given"] * count)).append_column("quality", extras["quality"]).append_column(
+        "note", extras["note"]).append_column("vector", extras["vector"]), manifest, row_group_size=5)
+    monkeypatch.setattr(workarea, "PART_ROWS", 1)  # one batch per part
+    monkeypatch.setattr(merge, "WRITE_ROWS", 7)
+    out, embeddings = tmp_path / "s.parquet", tmp_path / "e.npy"
+    api.score(scene.run, manifest, out, batch_size=2, device="cpu", embeddings=embeddings, max_bad_fraction=1.0,
+              progress=False)
+    written = pq.ParquetFile(out)
+    assert written.metadata.num_row_groups == math.ceil(count / 8)  # 7 rows asked: whole parts of 2 make 8
+    scores = pd.read_parquet(out)
+    expected = expected_scores(scene, classes, readable)
+    assert scores.sample_id.tolist() == list(range(count))
+    assert scores.input_status.tolist() == ["given"] * count  # our column name in the input: kept, renamed
+    assert pa.Table.from_pandas(scores[["quality", "note", "vector"]], preserve_index=False).cast(
+        extras.schema).equals(extras)
+    for column in ("angle", "angle_other"):
+        np.testing.assert_allclose(scores[column].to_numpy()[readable], expected[column][readable], atol=2e-3)
+    assert (scores.dominant_subcenter.to_numpy()[readable] == expected["dominant_subcenter"][readable]).all()
+    stored = np.load(embeddings)
+    np.testing.assert_allclose(stored[readable], scene.unit[:count][readable], atol=2e-3)
+    assert not stored[~readable].any()

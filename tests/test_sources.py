@@ -171,7 +171,10 @@ def test_manifest_relative_paths_resolve_against_its_folder(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path / "elsewhere")
     source = open_source(os.path.relpath(manifest))
     assert source.table()["path"].tolist() == ["imgs/é 1.png", "imgs/2.png", str(absolute)]
-    assert source.table()["note"].tolist() == ["x", "y", "z"]
+    assert "note" not in source.table()  # extra columns are streamed when the scores are written
+    monkeypatch.chdir(tmp_path)
+    batches = list(source.extras.batches(2))
+    assert [len(b) for b in batches] == [2, 1] and pa.concat_tables(batches)["note"].to_pylist() == ["x", "y", "z"]
     for index in range(3):
         assert_decoded(decode_image(source.read_bytes(index), SIZE))
 
@@ -346,3 +349,45 @@ def test_memory_cache_hands_out_copies(tmp_path: Path) -> None:
     cached[0][0].zero_()
     cached[0][0].zero_()
     assert torch.equal(cached[0][0], original)
+
+
+def _private_bytes() -> int:
+    """This process's private resident memory (pages no other process shares), from smaps_rollup."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:])
+    return sum(int(fields[name].split()[0]) * 1024 for name in ("Private_Clean", "Private_Dirty"))
+
+
+def _growth_in_a_fork(read) -> int:  # noqa: ANN001 - any callable of a row
+    """Private memory a forked child (a DataLoader worker) gains by calling ``read`` on every row."""
+    import multiprocessing
+
+    def child(queue, rows: int) -> None:  # noqa: ANN001
+        before = _private_bytes()
+        for index in range(rows):
+            read(index)
+        queue.put(_private_bytes() - before)
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    worker = context.Process(target=child, args=(queue, ROWS_IN_FORK))
+    worker.start()
+    grown = queue.get(timeout=120)
+    worker.join()
+    return grown
+
+
+ROWS_IN_FORK = 300_000
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux's smaps_rollup")
+def test_a_forked_worker_reads_every_path_without_copying_them(tmp_path: Path) -> None:
+    """A worker forked from the process holding a large manifest reads every sample's path without gaining a
+    private copy of the paths; the same paths in a Python list (the control) are copied into it as they are read."""
+    paths = pa.array([f"identity{i // 40:06d}/image{i:08d}.jpg" for i in range(ROWS_IN_FORK)])
+    pq.write_table(pa.table({"path": paths, "label": pa.array(np.arange(ROWS_IN_FORK) // 40)}), tmp_path / "m.parquet")
+    source = open_manifest(tmp_path / "m.parquet")
+    listed = [source.resolved_path(i) for i in range(ROWS_IN_FORK)]
+    control = _growth_in_a_fork(lambda index: listed[index])
+    grown = _growth_in_a_fork(source.resolved_path)
+    assert control > 20 << 20, control  # the measurement sees a copy where there is one
+    assert grown < 8 << 20, grown

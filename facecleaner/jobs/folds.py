@@ -137,6 +137,7 @@ def score_folds(run_dir: str | Path, data: str | Path, out: str | Path, embeddin
     from facecleaner.jobs.score import finish_scores, on_rank0, score
     from facecleaner.model.runtime import resolve_device
     from facecleaner.scoring.measure import NON_FINITE
+    from facecleaner.scoring.merge import ScoresOutput
 
     run_dir, out = Path(run_dir), Path(out)
     world = distributed.init(resolve_device(options.get("device", "auto")))
@@ -177,7 +178,8 @@ def score_folds(run_dir: str | Path, data: str | Path, out: str | Path, embeddin
         first = read_metadata(work / "fold-1.parquet")
         meta = manifest_metadata("scores", **{key: first[key] for key in INHERITED if key in first}, folds=record[
             "folds"], fold_checkpoints=shas, checkpoint_sha256=hashlib.sha256("".join(shas).encode()).hexdigest())
-        summary = finish_scores(manifest, meta, out, embeddings, lambda tmp: _merge_embeddings(work, held, tmp))
+        summary = finish_scores(ScoresOutput.from_table(manifest, first["model"]["subcenters"]), meta, out, embeddings,
+                                lambda tmp: _merge_embeddings(work, held, tmp))
         shutil.rmtree(work)
         statuses = pc.value_counts(manifest["status"]).to_pylist()
         non_finite = sum(v["counts"] for v in statuses if v["values"] == f"unreadable: {NON_FINITE}")

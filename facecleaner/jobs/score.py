@@ -9,7 +9,7 @@ rank 0 writes the outputs from every rank's parts, the same as one process.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,8 +20,15 @@ import pyarrow.compute as pc
 from facecleaner.errors import FaceCleanerError, InputError, Interrupted, TooManyBadSamples
 from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, fault_point, recover_outputs
 from facecleaner.jobs.folds import is_folded, score_folds
-from facecleaner.manifests.io import input_sibling, manifest_metadata, new_run_id, read_metadata, sibling, write_table
-from facecleaner.manifests.schema import STATUS_OK
+from facecleaner.manifests.io import (
+    input_sibling,
+    manifest_metadata,
+    new_run_id,
+    parquet_writer,
+    read_metadata,
+    sibling,
+    write_table,
+)
 from facecleaner.progress import logger
 from facecleaner.pruning.rules import DEFAULT_ANGLE
 from facecleaner.sources import open_source, source_root, table_fingerprint
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 
     from facecleaner.distributed import Dist
     from facecleaner.model.checkpoint import LoadedModel
+    from facecleaner.scoring.merge import ScoresOutput
     from facecleaner.scoring.workarea import WorkArea
     from facecleaner.sources import Source
 
@@ -95,7 +103,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
 
     def start() -> list[int]:
         recover_outputs([p for p in outputs.values() if p is not None])
-        area.start(stamp, resume)
+        area.start(stamp, resume, (count, spec.embedding_size) if embeddings is not None else None)
         return area.finished_batches()
 
     finished = on_rank0(world, start)
@@ -127,7 +135,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
     def finish() -> dict[str, Any]:
         try:
             summary = _write_outputs(area, model, source, table, class_index, out, embeddings, max_bad_fraction,
-                                     judge)
+                                     judge, math.ceil(count / batch_size))
         except TooManyBadSamples:
             area.remove()  # the same files give the same count again: nothing worth resuming
             raise
@@ -139,18 +147,20 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
 
 
 def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd.DataFrame, class_index: np.ndarray,
-                   out: Path, embeddings: Path | None, max_bad_fraction: float, judge: bool) -> dict[str, Any]:
-    """Rank 0's end of the run: every sample's measurements → the vote, the angles, and the three outputs."""
-    from facecleaner.scoring.measure import NON_FINITE, scores_table, summarize
+                   out: Path, embeddings: Path | None, max_bad_fraction: float, judge: bool,
+                   batches: int) -> dict[str, Any]:
+    """Rank 0's end of the run: the parts of every rank → the vote, the angles, and the three outputs, streamed
+    (:mod:`facecleaner.scoring.merge`)."""
+    from facecleaner.scoring.merge import merge_parts, tally
 
     spec = model.spec
     count = len(table)
-    raw = area.read(count, spec.subcenters)
-    if int((~raw.readable).sum()) > max_bad_fraction * count:
-        raise too_many_unreadable(source, np.flatnonzero(~raw.readable).tolist(), raw.reasons.__getitem__,
-                                  max_bad_fraction)
-    scores = summarize(raw, class_index, len(spec.classes))
-    if not np.isfinite(scores.angle[raw.readable]).any():
+    area.check_complete(batches)
+    found = tally(area, count)
+    if len(found.reasons) > max_bad_fraction * count:
+        raise too_many_unreadable(source, sorted(found.reasons), found.reasons.get, max_bad_fraction)
+    scores = merge_parts(area, source, table, class_index, len(spec.classes), spec.subcenters, found)
+    if not np.isfinite(scores.angle[scores.readable]).any():
         raise TooManyBadSamples(f"none of the {count} samples gave a finite angle (each is unreadable or has a "
                                 "non-finite embedding), so there is no median angle and nothing to prune by",
                                 "check the images and the model (with --precision fp16/bf16, try fp32)")
@@ -159,51 +169,52 @@ def _write_outputs(area: WorkArea, model: LoadedModel, source: Source, table: pd
                          "scale": spec.scale, "embedding_size": spec.embedding_size, "image_size": spec.image_size},
         num_classes=len(spec.classes), checkpoint_sha256=model.sha256, input=source.description,
         input_fingerprint=table_fingerprint(table), input_root=source_root(source))
-    summary = finish_scores(scores_table(table, class_index, scores), meta, out, embeddings,
-                            lambda tmp: area.write_embeddings(tmp, count, spec.embedding_size), judge)
-    duplicates = int(table["path"].dropna().duplicated().sum())
+    summary = finish_scores(scores, meta, out, embeddings, area.take_embeddings, judge)
+    paths = pa.array(table["path"], from_pandas=True)
+    duplicates = len(paths) - paths.null_count - pc.count_distinct(paths, mode="only_valid").as_py()
     if duplicates:
         logger.warning("%d rows repeat a path already listed: each is scored as its own sample", duplicates)
-    non_finite = int((np.asarray(raw.reasons) == NON_FINITE).sum())
-    if non_finite:
+    if found.non_finite:
         logger.warning("%d samples gave a non-finite embedding and are recorded as unreadable (with --precision "
-                       "fp16/bf16 an overflow does this: try fp32)", non_finite)
-    return {**summary, "classes": len(spec.classes), "non_finite": non_finite, "resized": int(raw.resized.sum()),
+                       "fp16/bf16 an overflow does this: try fp32)", found.non_finite)
+    return {**summary, "classes": len(spec.classes), "non_finite": found.non_finite, "resized": found.resized,
             "duplicate_paths": duplicates}
 
 
-def finish_scores(manifest: pa.Table, meta: dict[str, Any], out: Path, embeddings: Path | None,
+def finish_scores(scores: ScoresOutput, meta: dict[str, Any], out: Path, embeddings: Path | None,
                   write_embeddings: Callable[[Path], None], judge: bool = True) -> dict[str, Any]:
-    """Judge a finished scores table — model health and the suggested threshold, from its own columns — record
-    both in its metadata, and publish it with its classes table (and the embeddings) together; returns the
-    summary every score shares."""
-    from facecleaner.manifests.classes import classes_table
+    """Judge a finished scores manifest — model health and the suggested threshold, from its own angles — record
+    both in its metadata, and publish it with its classes table (and the embeddings) together, its rows written
+    as they stream; returns the summary every score shares."""
     from facecleaner.pruning.threshold import choose_threshold
     from facecleaner.scoring.health import assess
 
-    readable = pc.equal(manifest["status"], STATUS_OK).to_numpy(zero_copy_only=False)
-    angle = pc.fill_null(manifest["angle"], np.nan).to_numpy(zero_copy_only=False).astype(np.float64)[readable]
-    other = pc.fill_null(manifest["angle_other"], np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    readable = scores.readable
+    angle = scores.angle[readable].astype(np.float64)
     auto = choose_threshold(angle, fallback=DEFAULT_ANGLE)
-    health = assess(angle, other[readable], auto.noise_share, auto.angle)
-    class_index = manifest["class_index"].to_numpy()
-    nearest = pc.fill_null(manifest["nearest_subcenter"], 0).to_numpy()
-    classes = classes_table(class_index, manifest["label"], readable, nearest,
-                            manifest["dominant_subcenter"].to_numpy(), meta["model"]["subcenters"])
+    health = assess(angle, scores.angle_other[readable].astype(np.float64), auto.noise_share, auto.angle)
     meta = meta | {"run_id": new_run_id(), "health": health.as_dict(), "auto_threshold": auto.as_dict()}
     paths = [out, sibling(out, "classes")] + ([embeddings] if embeddings is not None else [])
     with atomic_outputs(paths) as temps:
-        write_table(temps[0], manifest, meta | {"rows": manifest.num_rows})
-        write_table(temps[1], classes, meta | {"kind": "classes", "rows": classes.num_rows})
+        _write_stream(temps[0], scores.batches(), meta | {"rows": scores.rows})
+        write_table(temps[1], scores.classes, meta | {"kind": "classes", "rows": scores.classes.num_rows})
         if embeddings is not None:
             write_embeddings(temps[2])
     for warning in health.warnings if judge else ():
         logger.warning("%s", warning)
-    is_dominant = pc.fill_null(manifest["is_dominant"], True).to_numpy(zero_copy_only=False)
-    return {"scores": str(out), "samples": manifest.num_rows, "unreadable": int((~readable).sum()),
+    return {"scores": str(out), "samples": scores.rows, "unreadable": int((~readable).sum()),
             "median_angle": health.median_angle, "over_75": int((angle > DEFAULT_ANGLE).sum()),
-            "non_dominant": int((~is_dominant[readable]).sum()), "suggested_angle": auto.angle,
+            "non_dominant": scores.non_dominant, "suggested_angle": auto.angle,
             "auto_threshold": auto.as_dict(), "health": health.as_dict()}
+
+
+def _write_stream(path: Path, batches: Iterator[pa.Table], meta: dict[str, Any]) -> None:
+    """Write a stream of tables (one schema) as one Parquet file, opened on the first table."""
+    first = next(batches)
+    with parquet_writer(path, first.schema, meta) as write:
+        write(first)
+        for batch in batches:
+            write(batch)
 
 
 def _check_options(batch_size: int, workers: int | None, max_bad_fraction: float, embeddings: Path | None) -> None:

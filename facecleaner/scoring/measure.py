@@ -6,7 +6,7 @@ other class; the dominant sub-center vote needs every sample, so angles to it ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +19,7 @@ from facecleaner.model import prepare_images
 from facecleaner.model.head import SubCenterArcFace
 from facecleaner.model.runtime import autocast, eval_mode, place_backbone
 from facecleaner.progress import progress_bar
-from facecleaner.scoring.angles import dominant_subcenters, own_class_cosines, to_degrees
+from facecleaner.scoring.angles import dominant_subcenters, own_class_cosines
 from facecleaner.scoring.search import OtherClassSearch
 from facecleaner.sources.dataset import DecodedImages, batch_loader
 
@@ -70,11 +70,9 @@ class BatchMeasurements:
     embeddings: np.ndarray | None  # float16 (B, D) unit embeddings, zeros where unreadable; None unless asked
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays to save (reasons as fixed-width text, so that loading never needs pickle)."""
+        """The arrays to save, the embeddings aside (reasons as fixed-width text: loading never needs pickle)."""
         arrays = {"rows": self.rows, **{name: getattr(self, name) for name in MEASURED}}
         arrays["reasons"] = np.asarray(self.reasons, dtype=str)
-        if self.embeddings is not None:
-            arrays["embeddings"] = self.embeddings
         return arrays
 
 
@@ -156,37 +154,73 @@ def _measure(batch: BatchMeasurements, good: np.ndarray, embedded: torch.Tensor,
 def summarize(measurements: Measurements, classes: np.ndarray, num_classes: int) -> Scores:
     """Vote the dominant sub-center per class and turn cosines into the manifest's angles."""
     ok = measurements.readable
-    own = torch.from_numpy(measurements.own_cosines)
-    nearest = np.full(len(ok), -1, dtype=np.int8)
-    nearest[ok] = own[ok].argmax(dim=1).numpy()
-    dominant, votes = dominant_subcenters(nearest[ok], classes[ok], num_classes, own.shape[1])
-    own_dominant = own.gather(1, torch.from_numpy(dominant[classes].astype(np.int64))[:, None]).squeeze(1)
-    angle = to_degrees(own_dominant).numpy()
-    angle_nearest = to_degrees(own.max(dim=1).values).numpy()
-    angle_other = to_degrees(torch.from_numpy(measurements.other_cosine)).numpy()
+    nearest = nearest_subcenters(measurements)
+    dominant, votes = dominant_subcenters(nearest[ok], classes[ok], num_classes, measurements.own_cosines.shape[1])
+    return angles_to(measurements, classes, dominant, votes)
+
+
+def nearest_subcenters(measurements: Measurements) -> np.ndarray:
+    """Each sample's nearest sub-center of its own class (int8), -1 where unreadable."""
+    nearest = np.full(len(measurements.readable), -1, dtype=np.int8)
+    ok = measurements.readable
+    nearest[ok] = measurements.own_cosines[ok].argmax(axis=1)
+    return nearest
+
+
+def angles_to(measurements: Measurements, classes: np.ndarray, dominant: np.ndarray, votes: np.ndarray) -> Scores:
+    """The angles of some samples (``classes`` holds theirs) once the vote gave each class's ``dominant``."""
+    ok = measurements.readable
+    own = measurements.own_cosines
+    angle = _degrees(np.take_along_axis(own, dominant[classes].astype(np.int64)[:, None], axis=1)[:, 0])
+    angle_nearest = _degrees(own.max(axis=1))
+    angle_other = _degrees(measurements.other_cosine)
     for column in (angle, angle_nearest, angle_other):
         column[~ok] = np.nan
     angle_other[measurements.other_class < 0] = np.nan
-    return Scores(nearest, dominant, votes, angle, angle_nearest, angle_other, measurements)
+    return Scores(nearest_subcenters(measurements), dominant, votes, angle, angle_nearest, angle_other, measurements)
 
 
-def scores_table(source_table: pd.DataFrame, classes: np.ndarray, scores: Scores) -> pa.Table:
-    """The scores manifest as an Arrow table: the input's columns, the geometry, and a status per row."""
+def label_column(labels: pd.Series) -> pa.ChunkedArray:
+    """A source's labels as the manifests store them: int64 when they are integers, else string."""
+    return _arrow(labels, lambda type_: pa.int64() if pa.types.is_integer(type_) else pa.string())
+
+
+def _arrow(column: pd.Series, wanted: Callable[[pa.DataType], pa.DataType]) -> pa.Array:
+    """A pandas column as one Arrow array of type ``wanted(its type)``; cast as an Array, since casting a
+    ChunkedArray of large strings to strings is hundreds of times slower (pyarrow 26)."""
+    array = pa.array(column, from_pandas=True)
+    array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    return array.cast(wanted(array.type))
+
+
+def _degrees(cosine: np.ndarray) -> np.ndarray:
+    """:func:`facecleaner.scoring.angles.to_degrees` in NumPy (float64, clamped, then float32), for the merge's
+    long columns: no thread pool to wake for each part."""
+    return np.degrees(np.arccos(np.clip(cosine.astype(np.float64), -1.0, 1.0))).astype(np.float32)
+
+
+def scores_table(source_table: pd.DataFrame, classes: np.ndarray, scores: Scores, extras: pa.Table | None = None,
+                 first_row: int = 0) -> pa.Table:
+    """Rows ``first_row ..`` of the scores manifest as an Arrow table: the input's columns (``extras``, or else the
+    table's columns besides path, rec_index and label), the geometry, and a status per row."""
     m = scores.measurements
     ok = m.readable
-    label = pa.array(source_table["label"], from_pandas=True)
-    label_type = pa.int64() if pa.types.is_integer(label.type) else pa.string()
-    extras_frame = source_table.drop(columns=["path", "rec_index", "label"])
+    label = label_column(source_table["label"])
+    if extras is None:
+        extras = pa.Table.from_pandas(source_table.drop(columns=["path", "rec_index", "label"]), preserve_index=False)
     # An input that is itself one of our manifests carries columns named like ours: keep them, renamed.
-    extras_frame = extras_frame.rename(columns={c: f"input_{c}" for c in extras_frame.columns if c in RESERVED})
-    extras = pa.Table.from_pandas(extras_frame, preserve_index=False)
+    extras = extras.rename_columns([f"input_{c}" if c in RESERVED else c for c in extras.column_names])
     other = np.where(m.other_class >= 0, m.other_class, 0)
-    status = np.where(ok, STATUS_OK, np.array([f"unreadable: {r}" for r in m.reasons], dtype=object))
+    # Statuses from the few distinct texts, not one Python string per row.
+    reasons, codes = np.unique(np.asarray(m.reasons, dtype=str)[~ok], return_inverse=True)
+    status_code = np.zeros(len(ok), dtype=np.int32)
+    status_code[~ok] = codes.reshape(-1) + 1
+    texts = pa.array([STATUS_OK, *(f"unreadable: {r}" for r in reasons.tolist())], type=pa.string())
     columns = {
-        "sample_id": pa.array(np.arange(len(ok), dtype=np.int64)),
-        "path": pa.array(source_table["path"], type=pa.string(), from_pandas=True),
-        "rec_index": pa.array(source_table["rec_index"], type=pa.int64(), from_pandas=True),
-        "label": label.cast(label_type),
+        "sample_id": pa.array(np.arange(first_row, first_row + len(ok), dtype=np.int64)),
+        "path": _arrow(source_table["path"], lambda _: pa.string()),
+        "rec_index": _arrow(source_table["rec_index"], lambda _: pa.int64()),
+        "label": label,
         "class_index": pa.array(classes.astype(np.int32)),
         "nearest_subcenter": pa.array(scores.nearest, mask=~ok),
         "dominant_subcenter": pa.array(scores.dominant[classes]),
@@ -195,8 +229,8 @@ def scores_table(source_table: pd.DataFrame, classes: np.ndarray, scores: Scores
         "angle_nearest": pa.array(scores.angle_nearest, mask=~ok),
         "nearest_other_class": pa.array(other.astype(np.int32), mask=~ok | (m.other_class < 0)),
         "angle_other": pa.array(scores.angle_other, mask=~ok | (m.other_class < 0)),
-        "status": pa.array(status, type=pa.string()),
+        "status": texts.take(pa.array(status_code)),
     }
-    schema = scores_schema(label_type, extras.schema)
+    schema = scores_schema(label.type, extras.schema)
     arrays = list(columns.values()) + list(extras.columns)
     return pa.Table.from_arrays(arrays, schema=schema)

@@ -2,7 +2,7 @@
 
 The dominant sub-center vote needs every sample, so the manifest can only be written at the end. What can be
 kept as the run goes are the measurements the vote and the angles are made from (:class:`BatchMeasurements`:
-own-class cosines, nearest other class, readable/reason, resized and, with ``--embeddings``, the embeddings).
+own-class cosines, nearest other class, readable/reason, resized; with ``--embeddings``, the embeddings).
 ``<out>.resume/`` holds them; a killed run leaves it behind, and ``--resume`` measures only the batches not in
 it. The manifest is always made from these files, so a resumed run writes what an uninterrupted one writes.
 
@@ -11,17 +11,23 @@ it. The manifest is always made from these files, so a resumed run writes what a
   that no run replaces the work area of one still going on this machine. The folder is published with its
   stamp, so it never exists without one.
 - ``batches-<first>-<end>.npz`` holds the consecutive batches ``[first, end)`` of the one-process batch order,
-  published atomically. Under torchrun every rank writes its own and rank 0 reads them all, so the folder of
-  ``--out`` must be one that every rank sees.
+  published atomically. Under torchrun every rank writes its own and rank 0 reads them all, one at a time, so
+  the folder of ``--out`` must be one that every rank sees.
+- ``embeddings.npy`` (with ``--embeddings``) is the final float16 array, made whole (zeros) when the run starts:
+  each rank writes its own rows into it, flushed before the part that names them is published, and the finished
+  run moves it into place. No embedding ever travels between ranks.
 - The work area is not a temporary: only a finished run, or a fresh run (without ``--resume``), removes it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +43,12 @@ from facecleaner.fileio import (
     temporary_beside,
 )
 from facecleaner.progress import logger
-from facecleaner.scoring.measure import MEASURED, BatchMeasurements, Measurements
+from facecleaner.scoring.measure import MEASURED, BatchMeasurements
 
 WORK_SUFFIX = ".resume"
 STAMP_FILE = "stamp.json"
-FORMAT = "facecleaner-score-work/1"
+FORMAT = "facecleaner-score-work/2"
+EMBEDDINGS_FILE = "embeddings.npy"
 #: A part is written at least every PART_ROWS samples, and at least PARTS_PER_PASS times in a pass, so a crash
 #: loses at most that much work (a few seconds on a GPU, a twentieth of a small run).
 PART_ROWS = 1 << 16
@@ -70,10 +77,11 @@ class WorkArea:
     def __init__(self, out: Path) -> None:
         self.folder = work_area_path(Path(out))
 
-    def start(self, stamp: dict[str, Any], resume: bool) -> None:
+    def start(self, stamp: dict[str, Any], resume: bool, embeddings: tuple[int, int] | None = None) -> None:
         """Make the work area ready for a run stamped ``stamp``: kept when resuming (if it is this run's),
-        replaced otherwise. A folder of that name that is not a work area, or one a live process on this
-        machine is using, is never touched."""
+        replaced otherwise; a fresh one holds the zeroed ``embeddings`` array of that (rows, dim) shape when
+        asked. A folder of that name that is not a work area, or one a live process on this machine is using, is
+        never touched."""
         remove_dead_temporaries(self.folder)
         stamp = {"format": FORMAT, **stamp}
         found = self._stamp()
@@ -90,6 +98,9 @@ class WorkArea:
             logger.info("nothing to resume in %s: scoring from the start", self.folder)
         fresh = temporary_beside(self.folder, directory=True)
         (fresh / STAMP_FILE).write_text(_stamp_text(stamp), encoding="utf-8")
+        if embeddings is not None:  # a sparse file: disk is used as rows are written
+            store = np.lib.format.open_memmap(fresh / EMBEDDINGS_FILE, mode="w+", dtype=np.float16, shape=embeddings)
+            del store  # closes the map: each rank maps the file itself
         publish(fresh, self.folder)
 
     def _continue(self, found: dict[str, Any], stamp: dict[str, Any]) -> None:
@@ -137,60 +148,68 @@ class WorkArea:
         return sorted(done)
 
     def writer(self, batches_per_part: int) -> PartWriter:
-        return PartWriter(self.folder, batches_per_part)
+        """This process's writer of parts (and of its rows of the embeddings, when they are kept)."""
+        path = self.folder / EMBEDDINGS_FILE
+        store = np.load(path, mmap_mode="r+") if path.is_file() else None
+        return PartWriter(self.folder, batches_per_part, store)
 
     def _parts(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if _PART.fullmatch(p.name))
 
-    def read(self, count: int, subcenters: int) -> Measurements:
-        """Every sample's measurements from the parts; an error if some samples have none."""
-        measurements = Measurements.empty(count, subcenters)
-        covered = np.zeros(count, dtype=bool)
-        for path in self._parts():
-            with _load(path) as part:
-                arrays = {name: part[name] for name in ("rows", *MEASURED)}  # each access reads the file
-            measurements.fill(arrays)
-            covered[arrays["rows"]] = True
-        if not covered.all():
-            missing = np.flatnonzero(~covered)
-            raise FaceCleanerError(f"the work area {self.folder} lacks the measurements of {len(missing)} samples "
-                                   f"(the first is row {missing[0] + 1})",
+    def check_complete(self, batches: int) -> None:
+        """An error naming the first missing batch unless the parts hold all ``batches``."""
+        missing = sorted(set(range(batches)) - set(self.finished_batches()))
+        if missing:
+            raise FaceCleanerError(f"the work area {self.folder} lacks the measurements of {len(missing)} batches "
+                                   f"(the first is batch {missing[0] + 1})",
                                    "under torchrun on several machines, --out must be on a filesystem they all "
                                    "share; run the same command with --resume to measure the rest")
-        return measurements
 
-    def write_embeddings(self, path: Path, count: int, dim: int) -> None:
-        """The kept embeddings as one float16 (count, dim) .npy at ``path``; unreadable rows are zeros."""
-        store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(count, dim))
-        for part_path in self._parts():
-            with _load(part_path) as part:
-                store[part["rows"]] = part["embeddings"]
-        store.flush()
-        del store
+    def parts(self, names: tuple[str, ...] = ("rows", *MEASURED)) -> Iterator[dict[str, np.ndarray]]:
+        """The ``names`` arrays of each part, one part at a time, in row order (parts hold consecutive batches)."""
+        for path in self._parts():
+            with _load(path) as part:
+                yield {name: part[name] for name in names}  # each access reads the file
+
+    def take_embeddings(self, path: Path) -> None:
+        """Move the finished embeddings array to ``path`` (copied when that is on another file system)."""
+        source = self.folder / EMBEDDINGS_FILE
+        try:
+            os.replace(source, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(source, path)
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class PartWriter:
-    """Collects consecutive batches and publishes them as one part every ``batches_per_part`` batches."""
+    """Collects consecutive batches and publishes them as one part every ``batches_per_part`` batches; with a
+    ``store`` (the work area's embeddings array), writes each batch's embeddings into their rows."""
 
-    def __init__(self, folder: Path, batches_per_part: int) -> None:
+    def __init__(self, folder: Path, batches_per_part: int, store: np.ndarray | None = None) -> None:
         self.folder = folder
         self.batches_per_part = batches_per_part
+        self.store = store
         self._pending: list[tuple[int, BatchMeasurements]] = []
 
     def add(self, batch: int, measurements: BatchMeasurements) -> None:
         if self._pending and batch != self._pending[-1][0] + 1:
             self.flush()  # a part holds consecutive batches only
+        if self.store is not None and measurements.embeddings is not None:
+            self.store[measurements.rows] = measurements.embeddings
         self._pending.append((batch, measurements))
         if len(self._pending) >= self.batches_per_part:
             self.flush()
 
     def flush(self) -> None:
-        """Publish the pending batches as one part (nothing when none are pending)."""
+        """Publish the pending batches as one part (nothing when none are pending), their embeddings first."""
         if not self._pending:
             return
+        if self.store is not None:
+            self.store.flush()
         first, end = self._pending[0][0], self._pending[-1][0] + 1
         parts = [m.arrays() for _, m in self._pending]
         arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

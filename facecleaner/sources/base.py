@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from facecleaner.errors import InputError, TooManyBadSamples
 
@@ -58,13 +60,35 @@ class SubsetSource:
         return self.source.read_bytes(int(self.rows[index]))
 
 
+def no_rec_index(count: int) -> pd.arrays.IntegerArray:
+    """The ``rec_index`` column of a source whose samples are files: ``count`` missing values."""
+    return pd.arrays.IntegerArray(np.zeros(count, dtype=np.int64), np.ones(count, dtype=bool))
+
+
 def table_fingerprint(table: pd.DataFrame) -> str:
-    """A short, stable hash of what identifies the input: its paths/record indices and labels."""
+    """A short, stable hash of what identifies the input: its paths/record indices and labels, as text.
+
+    Hashed from the Arrow buffers (which rows are null, each value's length, the bytes), never value by value in
+    Python: at 12M rows that is a second, not a quarter of a minute. Labels ``7`` and ``"7"`` hash alike."""
     digest = hashlib.sha256()
     for column in BASE_COLUMNS:
-        values = pd.util.hash_pandas_object(table[column].astype("string"), index=False).to_numpy()
-        digest.update(values.tobytes())
+        parts = [hashlib.sha256() for _ in range(3)]  # validity, lengths, bytes: the same whatever the chunking
+        for chunk in _as_text(table[column]).chunks:
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+            parts[0].update(chunk.is_valid().to_numpy(zero_copy_only=False).tobytes())
+            parts[1].update(np.diff(offsets).tobytes())
+            data = chunk.buffers()[2]
+            parts[2].update(memoryview(data)[offsets[0]:offsets[-1]] if data is not None else b"")
+        for part in parts:
+            digest.update(part.digest())
     return digest.hexdigest()[:16]
+
+
+def _as_text(column: pd.Series) -> pa.ChunkedArray:
+    """A table column as Arrow large strings (64-bit offsets), nulls kept."""
+    arrow = pa.array(column, from_pandas=True)
+    arrow = pa.chunked_array([arrow]) if isinstance(arrow, pa.Array) else arrow
+    return pc.cast(arrow, pa.large_string()) if arrow.type != pa.large_string() else arrow
 
 
 def sample_name(source: Source, index: int) -> str:

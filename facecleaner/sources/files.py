@@ -4,38 +4,88 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from facecleaner.errors import InputError
 from facecleaner.fileio import row_position
-from facecleaner.sources.base import BASE_COLUMNS
+from facecleaner.sources.base import BASE_COLUMNS, no_rec_index
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff", ".gif"})
 
 
 class FileSource:
-    """Samples stored as files; ``path`` in the table is what the user wrote, ``_resolved`` what we open."""
+    """Samples stored as files; ``path`` in the table is what the user wrote, resolved against ``root`` to open.
 
-    def __init__(self, table: pd.DataFrame, resolved: list[str], description: str, root: Path) -> None:
+    The paths to open are one Arrow binary column (file-system bytes, so that names which are not UTF-8 still
+    open), never a Python list: DataLoader workers forked from this process read them without copying, where a
+    list's strings would be copied page by page into every worker as their reference counts change.
+    The input's extra columns (a manifest's other columns) are not held: :attr:`extras` streams them when the
+    scores are written.
+    """
+
+    def __init__(self, table: pd.DataFrame, paths: pa.Array | pa.ChunkedArray | Sequence[str], description: str,
+                 root: Path, extras: ExtraColumns | None = None) -> None:
         self.root = root
         self._table = table
-        self._resolved = resolved
+        self._root = os.fsencode(os.path.abspath(root))
+        self._paths = _as_binary(paths)
         self.description = description
+        self.extras = extras
 
     def table(self) -> pd.DataFrame:
         return self._table
 
     def read_bytes(self, index: int) -> bytes:
-        with open(self._resolved[index], "rb") as handle:
+        with open(self._open_path(index), "rb") as handle:
             return handle.read()
 
     def resolved_path(self, index: int) -> str:
         """The absolute path of sample ``index`` (what exports link or copy)."""
-        return self._resolved[index]
+        return os.fsdecode(self._open_path(index))
+
+    def _open_path(self, index: int) -> bytes:
+        """What to open for sample ``index``: its path joined to the root (an absolute path stays as it is);
+        ``b""`` (which no file has) for a row without a path."""
+        path = self._paths[index].as_py()
+        return os.path.join(self._root, path) if path else b""
+
+
+def _as_binary(paths: pa.Array | pa.ChunkedArray | Sequence[str]) -> pa.Array | pa.ChunkedArray:
+    """Paths as Arrow binary: an Arrow string column is reinterpreted without a copy, Python strings are encoded
+    the way the file system wants them (``os.fsencode`` keeps undecodable names)."""
+    if isinstance(paths, pa.Array | pa.ChunkedArray):
+        return pc.cast(paths, pa.large_binary() if pa.types.is_large_string(paths.type) else pa.binary())
+    return pa.array([os.fsencode(p) for p in paths], type=pa.binary())
+
+
+class ExtraColumns:
+    """A manifest's columns besides path and label, read from the file only when the scores are written, in
+    row order and in batches, so that no rank holds a wide column (a joined-in embedding) while it works."""
+
+    def __init__(self, path: Path, names: list[str]) -> None:
+        self.path = path
+        self.names = names
+
+    def batches(self, rows: int) -> Iterator[pa.Table]:
+        """The extra columns of consecutive rows, ``rows`` at a time (the last batch may be shorter)."""
+        if self.path.suffix.lower() == ".parquet":
+            reader = pq.ParquetFile(self.path)
+            for batch in reader.iter_batches(batch_size=rows, columns=self.names):
+                yield pa.Table.from_batches([batch])
+            return
+        # A CSV's column types come from the whole file: read once, then handed out in slices.
+        frame = _read_csv_manifest(self.path, usecols=self.names)[self.names]
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        for start in range(0, table.num_rows, rows):
+            yield table.slice(start, rows)
 
 
 def open_identity_folders(root: Path) -> FileSource:
@@ -53,10 +103,9 @@ def open_identity_folders(root: Path) -> FileSource:
         raise InputError(f"no images found under {root}",
                          "DATA must hold one folder per identity with image files inside (<root>/<identity>/<image>)")
     table = pd.DataFrame({"path": pd.array([_displayable(p) for p in paths], dtype="string"),
-                          "rec_index": pd.array([None] * len(paths), dtype="Int64"),
+                          "rec_index": no_rec_index(len(paths)),
                           "label": pd.array(labels, dtype="string")})
-    resolved = [os.path.join(root, p) for p in paths]
-    return FileSource(table, resolved, f"identity folders at {root}", root)
+    return FileSource(table, paths, f"identity folders at {root}", root)
 
 
 def _integer_if_canonical(labels: pd.Series) -> pd.Series:
@@ -96,25 +145,26 @@ def _displayable(name: str) -> str:
 
 
 def open_manifest(path: Path) -> FileSource:
-    """A Parquet or CSV manifest with ``path,label`` columns; relative paths resolve against its folder."""
+    """A Parquet or CSV manifest with ``path,label`` columns; relative paths resolve against its folder.
+
+    Only those two columns are read now; the others are the input's extras, streamed from the file when the
+    scores are written (:class:`ExtraColumns`)."""
     try:
         if path.suffix.lower() == ".parquet":
-            frame = pq.read_table(path).to_pandas(types_mapper=_nullable_types)
+            schema = pq.read_schema(path)
+            index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+            names = [n for n in schema.names if n not in index]  # a DataFrame's index saved with it is not data
+            _require_columns(path, names)
+            frame = pq.read_table(path, columns=["path", "label"]).to_pandas(types_mapper=_nullable_types)
         else:
-            frame = pd.read_csv(path, dtype={"path": "string", "label": "string"}, keep_default_na=False,
-                                na_values=[""])
-            frame = frame.convert_dtypes()
-            if "label" in frame.columns:
-                frame["label"] = _integer_if_canonical(frame["label"])
+            names = [str(c) for c in _read_csv_manifest(path, nrows=0).columns]
+            _require_columns(path, names)
+            frame = _read_csv_manifest(path, usecols=["path", "label"])
+            frame["label"] = _integer_if_canonical(frame["label"])
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"cannot read manifest {path}: {exc}".splitlines()[0],
                          "give a Parquet or CSV file with columns path,label") from exc
-    frame = frame.reset_index(drop=True)  # a Parquet file written from a filtered DataFrame keeps its index
-    missing = [c for c in ("path", "label") if c not in frame.columns]
-    if missing:
-        raise InputError(f"manifest {path} has no column {', '.join(repr(c) for c in missing)} "
-                         f"(columns: {', '.join(map(str, frame.columns))})",
-                         "a manifest needs a 'path' column (image file) and a 'label' column (identity)")
+    frame = frame.reset_index(drop=True)
     if frame.empty:
         raise InputError(f"manifest {path} has no rows", "give a manifest with at least one image")
     labels = frame["label"]
@@ -127,16 +177,29 @@ def open_manifest(path: Path) -> FileSource:
         labels = _whole_float_labels(labels, path)
     if not pd.api.types.is_integer_dtype(labels.dtype):
         labels = labels.astype("string")
-    base = _manifest_root(path)
     raw_paths = frame["path"].astype("string")
-    resolved = [os.path.join(base, p) if isinstance(p, str) else "" for p in raw_paths.tolist()]
     table = pd.DataFrame({"path": raw_paths,
-                          "rec_index": pd.array([None] * len(frame), dtype="Int64"),
-                          "label": labels.reset_index(drop=True)})
-    extras = [c for c in frame.columns if c not in BASE_COLUMNS]
-    for column in extras:
-        table[column] = frame[column].reset_index(drop=True)
-    return FileSource(table, resolved, f"manifest {path}", base)
+                          "rec_index": no_rec_index(len(frame)),
+                          "label": labels})
+    extras = [c for c in names if c not in BASE_COLUMNS]
+    return FileSource(table, pa.array(raw_paths), f"manifest {path}", _manifest_root(path),
+                      ExtraColumns(path.absolute(), extras) if extras else None)
+
+
+def _require_columns(path: Path, names: Sequence[str]) -> None:
+    missing = [c for c in ("path", "label") if c not in names]
+    if missing:
+        raise InputError(f"manifest {path} has no column {', '.join(repr(c) for c in missing)} "
+                         f"(columns: {', '.join(map(str, names))})",
+                         "a manifest needs a 'path' column (image file) and a 'label' column (identity)")
+
+
+def _read_csv_manifest(path: Path, **options: Any) -> pd.DataFrame:
+    """A CSV manifest's columns as pandas reads them for us: path and label as text, empty fields missing,
+    the other columns in the narrowest nullable type that holds them."""
+    frame = pd.read_csv(path, dtype={"path": "string", "label": "string"}, keep_default_na=False, na_values=[""],
+                        **options)
+    return frame.convert_dtypes()
 
 
 def _manifest_root(path: Path) -> Path:
