@@ -38,7 +38,7 @@ def default_precision(device: torch.device) -> str:
     """bf16 candidates on CUDA (tensor cores); exact fp32 elsewhere.
 
     On the CPU bf16 is fast only with AMX/AVX512-BF16 (about 2.5× fp32 on the 2-core box, where it has them)
-    and usually slower than fp32 without them, so it is opt-in there."""
+    and may be slower than fp32 without them (not measured), so it is opt-in there."""
     return "bf16" if device.type == "cuda" else "fp32"
 
 
