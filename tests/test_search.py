@@ -117,3 +117,16 @@ def test_single_class_in_chunks_has_no_other_class() -> None:
     found, cosine = search(np.eye(3)[None], np.eye(3), np.zeros(3, dtype=np.int64), precision="bf16",
                            chunk_classes=1)
     assert found.tolist() == [-1] * 3 and cosine.tolist() == [-math.inf] * 3
+
+
+def test_rescored_cosines_stay_fp32_under_autocast() -> None:
+    # Autocast turns the candidate matmul into bf16; the rescoring must still give fp32 cosines.
+    rng = np.random.default_rng(6)
+    subcenters = unit_rows(rng, 50, 3, 32)
+    embeddings = unit_rows(rng, 20, 32)
+    classes = rng.integers(0, 50, size=20)
+    reference = other_class_cosines(embeddings, subcenters, classes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        found, cosine = search(subcenters, embeddings, classes, precision="fp32")
+    assert found.tolist() == reference.argmax(axis=1).tolist()
+    assert cosine == pytest.approx(reference.max(axis=1), abs=1e-6)

@@ -8,7 +8,7 @@ stages, the same code on the CPU and on a GPU:
    B × chunk × K whatever the class count, in ``precision``; the max over each class's sub-centers, the
    sample's own class masked out, and the ``candidates`` (M) best classes kept.
 2. Rescoring: the cosines to those M classes' sub-centers again, in fp32, and the best taken. The reported
-   cosine is always an exact fp32 cosine to a real other class, computed like the own-class cosines.
+   cosine is always an fp32 cosine to a real other class, never a reduced-precision one.
 
 Why M candidates are enough. In bf16 (unit roundoff u = 2^-8) each coordinate is rounded with relative error
 at most u, the products are summed in fp32 and the sum is rounded to bf16, so for unit vectors
@@ -63,7 +63,8 @@ class OtherClassSearch:
     def __call__(self, embeddings: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(nearest other class or -1, its fp32 cosine or -inf) for unit ``embeddings`` (B, D) labelled ``classes``."""
         candidates = self._candidate_classes(embeddings, classes)
-        cosines = torch.einsum("bd,bmkd->bmk", embeddings, self.subcenters[candidates]).amax(dim=2)
+        # A product and a sum, not a matmul: stays fp32 even under autocast or with TF32 matmuls allowed.
+        cosines = (embeddings[:, None, None, :] * self.subcenters[candidates]).sum(dim=3).amax(dim=2)
         cosines = cosines.masked_fill(candidates == classes[:, None], -torch.inf)
         best_cos, pick = cosines.max(dim=1)
         best_class = candidates.gather(1, pick[:, None]).squeeze(1)
