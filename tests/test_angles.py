@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from facecleaner.manifests.classes import classes_table
-from facecleaner.scoring.angles import dominant_subcenters, nearest_other_class, own_class_cosines, to_degrees
+from facecleaner.scoring.angles import dominant_subcenters, own_class_cosines, to_degrees
 from facecleaner.scoring.measure import Measurements, scores_table, summarize
+from facecleaner.scoring.search import OtherClassSearch
 
 
 def unit(degrees: float) -> list[float]:
@@ -35,28 +36,19 @@ def test_own_cosines_nearest_and_angles_on_known_geometry() -> None:
     assert to_degrees(cos.max(dim=1).values).tolist() == pytest.approx([10, 20, 40, 30], abs=1e-4)
 
 
-def test_nearest_other_class_excludes_own_class_and_chunks_agree() -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_nearest_other_class_excludes_own_class(precision: str) -> None:
     x = torch.tensor([unit(80), unit(10), [0.0, 0.6, 0.8]])
     y = torch.tensor([0, 1, 0])
-    cls, cos = nearest_other_class(x, SUBCENTERS, y)
+    cls, cos = OtherClassSearch(SUBCENTERS, precision=precision)(x, y)
     assert cls.tolist() == [1, 0, 1]
     # sample 0 at 80°: class 1's nearest is the 90° sub-center (10°); sample 2: +z at acos(0.8).
     assert to_degrees(cos).tolist() == pytest.approx([10.0, 10.0, math.degrees(math.acos(0.8))], abs=1e-3)
-    rng = np.random.default_rng(0)
-    subs = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(23, 3, 5))).float(), dim=2)
-    emb = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(40, 5))).float(), dim=1)
-    labels = torch.from_numpy(rng.integers(0, 23, size=40))
-    whole = nearest_other_class(emb, subs, labels)
-    chunked = nearest_other_class(emb, subs, labels, chunk_classes=4)
-    assert torch.equal(whole[0], chunked[0]) and torch.allclose(whole[1], chunked[1])
-    sims = np.einsum("nd,ckd->nck", emb.double().numpy(), subs.double().numpy()).max(axis=2)
-    sims[np.arange(40), labels.numpy()] = -np.inf
-    assert whole[0].numpy().tolist() == sims.argmax(axis=1).tolist()
-    assert whole[1].numpy() == pytest.approx(sims.max(axis=1), abs=1e-6)
 
 
-def test_single_class_has_no_other_class() -> None:
-    cls, cos = nearest_other_class(torch.tensor([unit(5)]), SUBCENTERS[:1], torch.tensor([0]))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_single_class_has_no_other_class(precision: str) -> None:
+    cls, cos = OtherClassSearch(SUBCENTERS[:1], precision=precision)(torch.tensor([unit(5)]), torch.tensor([0]))
     assert cls.tolist() == [-1] and cos.tolist() == [-math.inf]
 
 
@@ -96,20 +88,3 @@ def test_summarize_measures_angle_to_dominant_not_nearest() -> None:
     assert per_class == [{"class_index": 0, "label": "x", "samples": 5, "readable": 4, "kept": None,
                           "dominant_subcenter": 0, "nearest_counts": [3, 0, 1], "new_label": None}]
     assert pa.types.is_string(table.schema.field("label").type)
-
-
-def test_faiss_search_agrees_with_torch_and_float64() -> None:
-    from facecleaner.scoring.search import OtherClassSearch
-
-    rng = np.random.default_rng(7)
-    subs = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(50, 3, 16))).float(), dim=2)
-    emb = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(64, 16))).float(), dim=1)
-    # Half the samples sit right on one of their own sub-centers, so the own class fills the top K.
-    labels = torch.from_numpy(rng.integers(0, 50, size=64))
-    emb[:32] = subs[labels[:32], 1]
-    faiss_class, faiss_cos = OtherClassSearch(subs)(emb, labels)
-    torch_class, torch_cos = nearest_other_class(emb, subs, labels)
-    assert faiss_class.tolist() == torch_class.tolist()
-    assert faiss_cos.numpy() == pytest.approx(torch_cos.numpy(), abs=1e-5)
-    single_class, single_cos = OtherClassSearch(subs[:1])(emb[:3], torch.zeros(3, dtype=torch.long))
-    assert single_class.tolist() == [-1, -1, -1] and single_cos.tolist() == [-math.inf] * 3

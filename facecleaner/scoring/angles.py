@@ -19,30 +19,6 @@ def own_class_cosines(embeddings: torch.Tensor, subcenters: torch.Tensor, classe
     return torch.einsum("bd,bkd->bk", embeddings, subcenters[classes])
 
 
-def nearest_other_class(embeddings: torch.Tensor, subcenters: torch.Tensor, classes: torch.Tensor,
-                        chunk_classes: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-    """The closest class other than the sample's own (max over its sub-centers) and that cosine.
-
-    Classes are visited in chunks so memory stays at B × chunk × K whatever the class count; with a
-    single class there is no other class and the result is (-1, -inf).
-    """
-    count, subs, dim = subcenters.shape
-    best_cos = torch.full((len(embeddings),), -torch.inf, device=embeddings.device)
-    best_class = torch.full((len(embeddings),), -1, dtype=torch.int64, device=embeddings.device)
-    rows = torch.arange(len(embeddings), device=embeddings.device)
-    for start in range(0, count, chunk_classes):
-        block = subcenters[start:start + chunk_classes]
-        sims = (embeddings @ block.reshape(-1, dim).T).view(len(embeddings), len(block), subs).amax(dim=2)
-        local = classes - start
-        own = (local >= 0) & (local < len(block))
-        sims[rows[own], local[own]] = -torch.inf
-        value, index = sims.max(dim=1)
-        better = value > best_cos
-        best_cos = torch.where(better, value, best_cos)
-        best_class = torch.where(better, index + start, best_class)
-    return best_class, best_cos
-
-
 def dominant_subcenters(nearest: np.ndarray, classes: np.ndarray, num_classes: int,
                         subcenters: int) -> tuple[np.ndarray, np.ndarray]:
     """Majority vote per class: the sub-center most of its samples are nearest to.
