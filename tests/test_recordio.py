@@ -24,6 +24,9 @@ from facecleaner.errors import InputError, RecordIOError
 from facecleaner.sources.base import Source
 from facecleaner.sources.recordio import (
     RecordIOWriter,
+    _parse_idx,
+    _parse_idx_exact,
+    _parse_idx_plain,
     frame_record,
     open_recordio,
     pack_record,
@@ -568,3 +571,76 @@ def test_writer_rejects_bad_labels(tmp_path: Path) -> None:
             writer.write(1.5, b"c")  # type: ignore[arg-type]
     assert (tmp_path / "property").read_text().strip() == "10,112,112"
     assert open_recordio(tmp_path / "train.rec").table()["label"].tolist() == [1, 2]
+
+
+# --- the C parser of .idx, against the line scan -----------------------------------------------------------
+
+IDX_SAMPLES = [
+    b"0\t0\n1\t40\n", b"0 0\n1 40\n", b"0\t0\r\n1\t40\r\n\r\n", b"\n\n0\t0\n\n\n1\t40", b"  0 \t 0 \n1\t40\n",
+    b"00012\t007\n", b"4611686018427387903\t4611686018427387903\n",
+    # read by the line scan: accepted there, refused by Arrow or read differently by it
+    b"0\t0\n \n1\t40\n", b"0  0\n", b" 0 0\n", b"+0\t0\n", b"1_0\t0\n", b"0\t0\t\n", b"-0\t0\n", b"0\t0\x0b\n",
+    b"0 0\n1\t40\n",
+    # refused, naming the line
+    b"0\t0\n0x1\t0\n", b"0\t0\r1\t40\n", b"0\t\n", b"\t0\n", b"0\t1 2\n", b"0\t0\n\n\n5\n",
+    b"4611686018427387904\t0\n", b"0\t9223372036854775808\n", b"0\t99999999999999999999999\n", b"\xff\n", b"",
+    b"\n\r\n", b"0\t-1\n", b"1e3\t0\n", b"0\t0\n1\t4\x000\n",
+]
+
+
+def parse_outcome(idx: Path, parse) -> tuple[list[int], list[int]] | str:  # noqa: ANN001 - a parser
+    """(keys, offsets) or the RecordIOError message of one parser."""
+    try:
+        keys, offsets = parse(idx)
+    except RecordIOError as exc:
+        return str(exc)
+    assert keys.dtype == offsets.dtype == np.int64
+    return keys.tolist(), offsets.tolist()
+
+
+def assert_same_idx_outcome(idx: Path, raw: bytes) -> None:
+    idx.write_bytes(raw)
+    assert parse_outcome(idx, _parse_idx) == parse_outcome(idx, lambda path: _parse_idx_exact(path, raw))
+
+
+@pytest.mark.parametrize("raw", IDX_SAMPLES)
+def test_idx_parser_matches_the_line_scan(tmp_path: Path, raw: bytes) -> None:
+    assert_same_idx_outcome(tmp_path / "train.idx", raw)
+
+
+def test_idx_c_parser_takes_plain_files_and_leaves_the_rest() -> None:
+    for raw in IDX_SAMPLES[:7]:
+        keys, offsets = _parse_idx_plain(raw)
+        scanned_keys, scanned_offsets = _parse_idx_exact(Path("train.idx"), raw)
+        assert keys.tolist() == scanned_keys.tolist() and offsets.tolist() == scanned_offsets.tolist()
+        assert keys.flags.writeable and offsets.flags.writeable
+    for raw in IDX_SAMPLES[7:]:
+        assert _parse_idx_plain(raw) is None
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"0\t0\n\n\n5\t\n", r"line 4 is not 'key<TAB>offset' with non-negative integers: '5'"),
+    (b"0 0\r\n1 0x28\r\n", r"line 2 is not .*: '1 0x28'"),
+    (b"0\t0\n1\t40\n2\t4611686018427387904\n", r"line 3 is not .*: '2\\t4611686018427387904'"),
+    (b"0\t0\r1\t40\n", r"line 1 is not .*: '0\\t0\\r1\\t40'"),
+])
+def test_bad_idx_line_is_named(tmp_path: Path, raw: bytes, message: str) -> None:
+    (tmp_path / "train.idx").write_bytes(raw)
+    with pytest.raises(RecordIOError, match=message):
+        _parse_idx(tmp_path / "train.idx")
+
+
+idx_line = st.tuples(
+    st.sampled_from(["", "", "+", "-", "0x", " "]),
+    st.from_regex(r"[0-9]{1,20}", fullmatch=True),
+    st.sampled_from(["\t", "\t", " ", "  ", "\t ", ""]),
+    st.sampled_from(["", "", "_1", "x", "\t"]),
+    st.from_regex(r"[0-9]{0,20}", fullmatch=True),
+    st.sampled_from(["\n", "\n", "\r\n", "\r", "\n\n", " \n"]),
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(idx_line, max_size=6))
+def test_idx_parser_matches_the_line_scan_on_generated_files(tmp_path: Path, lines: list[str]) -> None:
+    assert_same_idx_outcome(tmp_path / "train.idx", "".join(lines).encode("ascii"))

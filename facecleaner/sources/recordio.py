@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from facecleaner.errors import InputError, RecordIOError
 from facecleaner.fileio import commit, recover_outputs, temporary_beside
@@ -44,6 +46,12 @@ _HEADER_RECORD_SIZE = _FRAME.size + _IR.size + 8
 _PEEK = _FRAME.size + _IR.size + 4
 #: Labels past this do not fit int64 once truncated.
 _LARGEST_LABEL = 2.0**62
+#: Keys and offsets of an ``.idx`` must stay below this.
+_IDX_LIMIT = 1 << 62
+#: The only bytes the C parser of ``.idx`` files is trusted with; a file holding any other byte (a sign, ``_``,
+#: other whitespace, ``x`` of a hex number) is read by the exact line-by-line scan, which decides.
+_IDX_PLAIN_BYTES = b"0123456789\t\n\r "
+
 
 #: The files of one RecordIO dataset, as insightface's arcface_torch reads them from its ``rec`` folder.
 REC_FILES = ("train.rec", "train.idx", "property")
@@ -354,16 +362,48 @@ def _check_image_offsets(source: RecordIOSource, keys: np.ndarray, offsets: np.n
 
 
 def _parse_idx(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``key<TAB>offset`` lines → int64 arrays, in file order; any problem is a ``RecordIOError`` with the line."""
+    """``key<TAB>offset`` lines → int64 arrays, in file order; any problem is a ``RecordIOError`` with the line.
+
+    Arrow's C CSV reader parses the usual file; whatever it cannot take as is (odd bytes, a bad line) goes to
+    the exact scan, which accepts the same files as before and names the first bad line.
+    """
     try:
         raw = idx_path.read_bytes()
     except FileNotFoundError:
         raise RecordIOError(f"RecordIO index {idx_path} is missing", _IDX_FIX) from None
     except OSError as exc:
         raise RecordIOError(f"cannot read RecordIO index {idx_path}: {exc.strerror or exc}", _IDX_FIX) from None
+    parsed = _parse_idx_plain(raw)
+    return parsed if parsed is not None else _parse_idx_exact(idx_path, raw)
+
+
+def _parse_idx_plain(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """Keys and offsets of an ``.idx`` made of digits, one tab (or, in a file without tabs, one space) between
+    the two fields, blank lines and LF or CRLF line ends, with values below 2**62; None for anything else.
+
+    Arrow alone would also take a hex number or a lone CR as a line end, which the exact scan refuses: such
+    bytes never reach it.
+    """
+    if raw.translate(None, _IDX_PLAIN_BYTES) or (b"\r" in raw and raw.count(b"\r") != raw.count(b"\r\n")):
+        return None
+    names = ["key", "offset"]
+    try:  # one thread: as fast on a loaded 2-core box, and ranks opening the set together share the cores
+        table = pa_csv.read_csv(
+            pa.py_buffer(raw), read_options=pa_csv.ReadOptions(column_names=names, use_threads=False),
+            parse_options=pa_csv.ParseOptions(delimiter="\t" if b"\t" in raw else " ", quote_char=False),
+            convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(names, pa.int64()), null_values=[]))
+    except pa.ArrowInvalid:  # a line without two fields, an empty field, a value past int64, no line at all
+        return None
+    keys, offsets = (table.column(name).combine_chunks().to_numpy().copy() for name in names)
+    if not len(keys) or keys.max() >= _IDX_LIMIT or offsets.max() >= _IDX_LIMIT:
+        return None
+    return keys, offsets
+
+
+def _parse_idx_exact(idx_path: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The line-by-line scan: ``int()`` of the two whitespace-separated fields of each non-blank line."""
     keys = array("q")
     offsets = array("q")
-    limit = 1 << 62
     for number, line in enumerate(raw.split(b"\n"), 1):
         fields = line.split()
         if not fields:
@@ -372,7 +412,7 @@ def _parse_idx(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
             if len(fields) != 2:
                 raise ValueError
             key, offset = int(fields[0]), int(fields[1])
-            if not (0 <= key < limit and 0 <= offset < limit):
+            if not (0 <= key < _IDX_LIMIT and 0 <= offset < _IDX_LIMIT):
                 raise ValueError
         except ValueError:
             shown = line.strip()[:60].decode("ascii", "backslashreplace")
