@@ -13,6 +13,7 @@ not images. When key 0 has ``flag == 0`` (or there is no key 0), every key of th
 
 from __future__ import annotations
 
+import io
 import numbers
 import operator
 import os
@@ -46,12 +47,14 @@ _HEADER_RECORD_SIZE = _FRAME.size + _IR.size + 8
 _PEEK = _FRAME.size + _IR.size + 4
 #: Labels past this do not fit int64 once truncated.
 _LARGEST_LABEL = 2.0**62
+#: Bytes of the .rec read at once when collecting labels, into one buffer reused for the whole pass (8 MiB was
+#: faster than 4, 16 or 32 on the 2-core box: the block stays in cache while its headers are decoded).
+LABEL_BLOCK = 8 << 20
 #: Keys and offsets of an ``.idx`` must stay below this.
 _IDX_LIMIT = 1 << 62
 #: The only bytes the C parser of ``.idx`` files is trusted with; a file holding any other byte (a sign, ``_``,
 #: other whitespace, ``x`` of a hex number) is read by the exact line-by-line scan, which decides.
 _IDX_PLAIN_BYTES = b"0123456789\t\n\r "
-
 
 #: The files of one RecordIO dataset, as insightface's arcface_torch reads them from its ``rec`` folder.
 REC_FILES = ("train.rec", "train.idx", "property")
@@ -193,16 +196,30 @@ class RecordIOSource:
 
     # -- reading --------------------------------------------------------------------------------------------
 
-    def _read_at(self, size: int, offset: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` from this process's own handle (pread: no shared file position)."""
+    def _handle(self) -> io.RawIOBase:
+        """This process's own handle on the .rec, opened on first use."""
         if self._file is None or self._pid != os.getpid():
             self._file = open(self.rec_path, "rb", buffering=0)  # noqa: SIM115 - held for the object's life
             self._pid = os.getpid()
+        return self._file
+
+    def _read_at(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` from this process's own handle (pread: no shared file position)."""
+        file = self._handle()
         if hasattr(os, "pread"):
-            return os.pread(self._file.fileno(), size, offset)
+            return os.pread(file.fileno(), size, offset)
         with self._lock:
-            self._file.seek(offset)
-            return self._file.read(size)
+            file.seek(offset)
+            return file.read(size)
+
+    def _read_into(self, buffer: memoryview, offset: int) -> int:
+        """Fill ``buffer`` from ``offset`` (less at the end of the file) without allocating; returns the count."""
+        file = self._handle()
+        if hasattr(os, "preadv"):
+            return os.preadv(file.fileno(), [buffer], offset)
+        with self._lock:
+            file.seek(offset)
+            return file.readinto(buffer)
 
     def _read_payload(self, key: int, offset: int, limit: int | None = None) -> bytes:
         """Reassemble one record's payload from its parts, or only its first ``limit`` bytes (then a cut
@@ -237,24 +254,50 @@ class RecordIOSource:
             position += _FRAME.size + length + (-length % 4)
             first = False
 
-    def _read_labels(self) -> tuple[np.ndarray, list[str]]:
-        """Every image's label as float64, one pass in file order over header bytes; and why the label of
-        each image that has none could not be read."""
-        labels = np.full(len(self.keys), np.nan)
-        failures = []
-        for row in np.argsort(self.offsets, kind="stable").tolist():
-            key, offset = int(self.keys[row]), int(self.offsets[row])
-            try:
-                labels[row] = _peek_label(self._read_at(_PEEK, offset))
-            except (LookupError, ValueError):  # split, short or damaged: walk its parts for the header alone
+    def _read_labels(self, block_size: int = LABEL_BLOCK) -> tuple[np.ndarray, list[str]]:
+        """Every image's label as float64; and, in file order, why the label of each image that has none could
+        not be read.
+
+        One pass in file order with reads of at most ``block_size`` bytes (a gap longer than that is skipped,
+        not read): the plain records whose first bytes lie in a block are decoded together; any other (split,
+        cut short, damaged) is read alone by :meth:`_label_of`, so results and messages do not depend on the
+        blocks.
+        """
+        if block_size < _PEEK:
+            raise ValueError(f"block_size must be at least {_PEEK} bytes, got {block_size}")
+        order = _stable_order(self.offsets)
+        keys, offsets = self.keys[order], self.offsets[order]
+        labels = np.full(len(offsets), np.nan)  # in file order, like ``keys`` and ``offsets``
+        failed: list[tuple[int, str]] = []  # (position in file order, why)
+        buffer = memoryview(bytearray(min(block_size, int(offsets[-1] - offsets[0]) + _PEEK)))
+        first = 0
+        while first < len(offsets):
+            start = int(offsets[first])
+            stop = int(np.searchsorted(offsets, start + block_size - _PEEK, side="right"))
+            block = buffer[:self._read_into(buffer[:int(offsets[stop - 1]) + _PEEK - start], start)]
+            labels[first:stop], plain = _decode_labels(block, offsets[first:stop] - start)
+            for position in (first + np.flatnonzero(~plain)).tolist():
                 try:
-                    labels[row] = self._label_from_parts(key, offset)
+                    labels[position] = self._label_of(int(keys[position]), int(offsets[position]))
                 except OSError as exc:
-                    failures.append(str(exc).removeprefix(f"{self.rec_path}: "))
-                    continue
-            if not (np.isfinite(labels[row]) and abs(labels[row]) < _LARGEST_LABEL):
-                failures.append(f"record key {key} at offset {offset} gives the label {labels[row]}")
-        return labels, failures
+                    failed.append((position, str(exc).removeprefix(f"{self.rec_path}: ")))
+            first = stop
+        unusable = ~(np.isfinite(labels) & (np.abs(labels) < _LARGEST_LABEL))
+        unusable[[position for position, _ in failed]] = False  # already explained
+        failed.extend((position, f"record key {int(keys[position])} at offset "
+                                 f"{int(offsets[position])} gives the label {labels[position]}")
+                      for position in np.flatnonzero(unusable).tolist())
+        failed.sort()
+        by_row = np.empty_like(labels)
+        by_row[order] = labels
+        return by_row, [why for _, why in failed]
+
+    def _label_of(self, key: int, offset: int) -> float:
+        """The first label of one record read alone; ``OSError`` naming the key when it has none."""
+        try:
+            return _peek_label(self._read_at(_PEEK, offset))
+        except (LookupError, ValueError):  # split, short or damaged: walk its parts for the header alone
+            return self._label_from_parts(key, offset)
 
     def _label_from_parts(self, key: int, offset: int) -> float:
         """The first label of a record read part by part, up to its header; ``OSError`` naming the key."""
@@ -291,6 +334,32 @@ def _peek_label(head: bytes) -> float:
     if length < _IR.size + 4 * flag or len(head) < _PEEK:
         raise LookupError
     return struct.unpack_from("<f", head, _FRAME.size + _IR.size)[0]
+
+
+def _decode_labels(block: memoryview, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The labels of the records starting at bytes ``starts`` of ``block``, decoded together, and which records
+    are plain: their first bytes lie in the block, one whole part (continuation flag 0), a length that holds the
+    header and its first label. Exactly :func:`_peek_label`'s accepted cases; the others get NaN here."""
+    labels = np.full(len(starts), np.nan)
+    plain = np.zeros(len(starts), dtype=bool)
+    phases = np.where(starts + _PEEK <= len(block), starts % 4, -1)  # -1: its first bytes run past the block
+    for phase in range(4):  # 32-bit words start at each record; a valid file has every record at phase 0
+        chosen = np.flatnonzero(phases == phase)
+        if not chosen.size:
+            continue
+        words = np.frombuffer(block, dtype="<u4", offset=phase, count=(len(block) - phase) // 4)
+        at = (starts[chosen] - phase) // 4  # word 0 magic, 1 lrecord, 2 flag, 3 label, 8 the first extra label
+        lrecord, flag = words[at + 1], words[at + 2].astype(np.int64)
+        ok = (words[at] == MAGIC) & (lrecord >> 29 == 0) & ((lrecord & _LENGTH_MASK) >= _IR.size + 4 * flag)
+        floats = words.view("<f4")
+        labels[chosen] = np.where(ok, np.where(flag == 0, floats[at + 3], floats[at + 8]), np.nan)
+        plain[chosen] = ok
+    return labels, plain
+
+
+def _stable_order(values: np.ndarray) -> np.ndarray | slice:
+    """What indexes ``values`` into ascending order, stably; a whole slice (no copy) when they already are."""
+    return np.argsort(values, kind="stable") if (values[1:] < values[:-1]).any() else slice(None)
 
 
 def _labels_to_int(values: np.ndarray) -> pd.arrays.IntegerArray:
