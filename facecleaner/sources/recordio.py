@@ -176,7 +176,7 @@ class RecordIOSource:
                                     "the .rec is damaged or cut short; re-download or re-export the pair")
             count = len(self.keys)
             self._table = pd.DataFrame({
-                "path": pd.array(np.full(count, None, dtype=object), dtype="string"),
+                "path": pd.array(pa.nulls(count, pa.string()), dtype="string"),
                 "rec_index": pd.array(self.keys, dtype="Int64"),
                 "label": _labels_to_int(labels),
             })
@@ -379,7 +379,7 @@ def open_recordio(rec_path: str | Path) -> RecordIOSource:
     if rec_size == 0:
         raise RecordIOError(f"RecordIO file {rec_path} is empty", _REC_FIX)
     keys, offsets = _parse_idx(idx_path)
-    order = np.argsort(keys, kind="stable")
+    order = _stable_order(keys)
     keys, offsets = keys[order], offsets[order]
     duplicated = np.flatnonzero(keys[1:] == keys[:-1])
     if duplicated.size:
@@ -405,17 +405,18 @@ def open_recordio(rec_path: str | Path) -> RecordIOSource:
     if end == 1:
         raise RecordIOError(f"the header record (key 0) of {rec_path} says the dataset holds no images",
                             "give a RecordIO dataset with at least one image")
-    listed = (keys >= 1) & (keys < end)  # the identity records after the images may be cut off: never checked
-    _check_image_offsets(source, keys[listed], offsets[listed], rec_size)
-    image_keys = np.arange(1, min(end, int(keys[-1]) + 1), dtype=np.int64)  # never more than the idx holds
-    rows = np.searchsorted(keys, image_keys)
-    missing = np.flatnonzero(keys[np.minimum(rows, len(keys) - 1)] != image_keys)
-    if missing.size or len(image_keys) < end - 1:
-        first = int(image_keys[missing[0]]) if missing.size else len(image_keys) + 1
+    # Keys are sorted and unique: those in 1..end-1 are one slice, all of them when it is that long.
+    first_row, end_row = np.searchsorted(keys, [1, min(end, int(keys[-1]) + 1)]).tolist()
+    image_keys, image_offsets = keys[first_row:end_row], offsets[first_row:end_row]
+    # The identity records after the images may be cut off: never checked.
+    _check_image_offsets(source, image_keys, image_offsets, rec_size)
+    if len(image_keys) < end - 1:
+        gaps = np.flatnonzero(image_keys != np.arange(1, len(image_keys) + 1))
+        first = int(gaps[0]) + 1 if gaps.size else len(image_keys) + 1
         raise RecordIOError(f"{idx_path} has no key {first} although the header record (key 0) says images "
                             f"are keys 1..{end - 1}", _IDX_FIX)
     second = int(header.label[1]) if header.flag > 1 and np.isfinite(header.label[1]) else end
-    return RecordIOSource(rec_path, idx_path, image_keys, offsets[rows], (end, second))
+    return RecordIOSource(rec_path, idx_path, image_keys, image_offsets, (end, second))
 
 
 def _check_image_offsets(source: RecordIOSource, keys: np.ndarray, offsets: np.ndarray, rec_size: int) -> None:
