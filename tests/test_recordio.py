@@ -420,6 +420,17 @@ def test_bad_idx(valid: Path, idx_text: str, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("dropped", [1, 3, 5])
+def test_idx_without_an_image_key_names_the_first_missing(valid: Path, dropped: int) -> None:
+    # Keys 0 (header), 1..5 (images) and 6..8 (identities): the identity keys after a gap do not hide it.
+    idx = valid.with_suffix(".idx")
+    idx.write_text("".join(line for line in idx.read_text().splitlines(keepends=True)
+                           if int(line.split()[0]) not in (dropped, 7)))
+    with pytest.raises(RecordIOError, match=rf"has no key {dropped} although the header record \(key 0\) says "
+                                            r"images are keys 1\.\.5"):
+        open_recordio(valid)
+
+
 def test_missing_idx_and_empty_files(valid: Path) -> None:
     valid.with_suffix(".idx").unlink()
     with pytest.raises(RecordIOError, match=r"train\.idx is missing"):
