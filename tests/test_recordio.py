@@ -632,6 +632,8 @@ def mixed_rec(seed: int) -> tuple[bytes, list[tuple[int, int]]]:
             frame = frame_record(pack_record(label, rng.bytes(4 * int(rng.integers(0, 4))) + MAGIC_BYTES + image))
         elif kind == 4:  # the magic in the id field: the label is in the second part
             frame = frame_record(pack_record([label, 2.0], image, id=MAGIC))
+        elif kind == 5 and rng.random() < 0.3:  # a signalling NaN (float32 bits 0x7f800001)
+            frame = hand_record(struct.pack("<IIQQ", 0, 0x7F800001, 0, 0) + image)
         elif kind == 5:
             frame = hand_record(hand_payload(float(rng.choice([np.nan, np.inf, -np.inf, 2.0**62, -1e30])), image))
         elif kind == 7:  # the header announces 9 labels, the record holds fewer
@@ -649,6 +651,7 @@ def mixed_rec(seed: int) -> tuple[bytes, list[tuple[int, int]]]:
 
 
 @pytest.mark.usefixtures("no_hang")
+@pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("seed", range(8))
 def test_block_label_reader_matches_per_record_reads(tmp_path: Path, seed: int) -> None:
     data, entries = mixed_rec(seed)

@@ -352,7 +352,8 @@ def _decode_labels(block: memoryview, starts: np.ndarray) -> tuple[np.ndarray, n
         lrecord, flag = words[at + 1], words[at + 2].astype(np.int64)
         ok = (words[at] == MAGIC) & (lrecord >> 29 == 0) & ((lrecord & _LENGTH_MASK) >= _IR.size + 4 * flag)
         floats = words.view("<f4")
-        labels[chosen] = np.where(ok, np.where(flag == 0, floats[at + 3], floats[at + 8]), np.nan)
+        with np.errstate(invalid="ignore"):  # damaged bytes may hold a signalling NaN: it reads as NaN, as in struct
+            labels[chosen] = np.where(ok, np.where(flag == 0, floats[at + 3], floats[at + 8]), np.nan)
         plain[chosen] = ok
     return labels, plain
 
