@@ -23,7 +23,12 @@ from facecleaner import fileio
 from facecleaner.errors import InputError, RecordIOError
 from facecleaner.sources.base import Source
 from facecleaner.sources.recordio import (
+    LABEL_BLOCK,
+    RecordIOSource,
     RecordIOWriter,
+    _parse_idx,
+    _parse_idx_exact,
+    _parse_idx_plain,
     frame_record,
     open_recordio,
     pack_record,
@@ -415,6 +420,17 @@ def test_bad_idx(valid: Path, idx_text: str, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("dropped", [1, 3, 5])
+def test_idx_without_an_image_key_names_the_first_missing(valid: Path, dropped: int) -> None:
+    # Keys 0 (header), 1..5 (images) and 6..8 (identities): the identity keys after a gap do not hide it.
+    idx = valid.with_suffix(".idx")
+    idx.write_text("".join(line for line in idx.read_text().splitlines(keepends=True)
+                           if int(line.split()[0]) not in (dropped, 7)))
+    with pytest.raises(RecordIOError, match=rf"has no key {dropped} although the header record \(key 0\) says "
+                                            r"images are keys 1\.\.5"):
+        open_recordio(valid)
+
+
 def test_missing_idx_and_empty_files(valid: Path) -> None:
     valid.with_suffix(".idx").unlink()
     with pytest.raises(RecordIOError, match=r"train\.idx is missing"):
@@ -568,3 +584,214 @@ def test_writer_rejects_bad_labels(tmp_path: Path) -> None:
             writer.write(1.5, b"c")  # type: ignore[arg-type]
     assert (tmp_path / "property").read_text().strip() == "10,112,112"
     assert open_recordio(tmp_path / "train.rec").table()["label"].tolist() == [1, 2]
+
+
+# --- block reads of labels and the C parser of .idx, against the per-record path and the line scan ---------
+
+def per_record_labels(source: RecordIOSource) -> tuple[np.ndarray, list[str]]:
+    """The labels as they were read before block reads (the reference): one read per record, in file order."""
+    labels = np.full(len(source), np.nan)
+    failures = []
+    for row in np.argsort(source.offsets, kind="stable").tolist():
+        key, offset = int(source.keys[row]), int(source.offsets[row])
+        try:
+            labels[row] = source._label_of(key, offset)
+        except OSError as exc:
+            failures.append(str(exc).removeprefix(f"{source.rec_path}: "))
+            continue
+        if not (np.isfinite(labels[row]) and abs(labels[row]) < 2.0**62):
+            failures.append(f"record key {key} at offset {offset} gives the label {labels[row]}")
+    return labels, failures
+
+
+def source_over(rec: Path, data: bytes, entries: list[tuple[int, int]]) -> RecordIOSource:
+    """A source over ``data`` with the given (key, offset) pairs as its images, keys ascending."""
+    rec.write_bytes(data)
+    keys, offsets = np.array(sorted(entries), dtype=np.int64).T
+    return RecordIOSource(rec, rec.with_suffix(".idx"), keys.copy(), offsets.copy(), None)
+
+
+def mixed_rec(seed: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """A .rec holding every kind of record the label pass meets, and (key, offset) of each, keys shuffled so
+    that key order is not file order: plain records with one or several labels, records split before or after
+    their label, NaN / infinite / huge labels, records behind 1-3 junk bytes (unaligned), headers announcing
+    more labels than the record holds, offsets into junk or into the middle of a record, two keys at one
+    record, and gaps of junk."""
+    rng = np.random.default_rng(seed)
+    data = bytearray()
+    offsets = []
+    for _ in range(80):
+        kind = int(rng.integers(0, 10))
+        image = rng.bytes(int(rng.integers(0, 30)))
+        label = float(rng.integers(0, 1000))
+        if kind in (1, 6):
+            data += rng.bytes(int(rng.integers(1, 4)) if kind == 1 else int(rng.integers(50, 300)))
+        if kind == 2:
+            frame = hand_record(hand_payload(0, image, tuple(rng.integers(0, 99, int(rng.integers(1, 4))) * 1.0)))
+        elif kind == 3:  # the magic at an aligned place of the image: the label is in the first part
+            frame = frame_record(pack_record(label, rng.bytes(4 * int(rng.integers(0, 4))) + MAGIC_BYTES + image))
+        elif kind == 4:  # the magic in the id field: the label is in the second part
+            frame = frame_record(pack_record([label, 2.0], image, id=MAGIC))
+        elif kind == 5 and rng.random() < 0.3:  # a signalling NaN (float32 bits 0x7f800001)
+            frame = hand_record(struct.pack("<IIQQ", 0, 0x7F800001, 0, 0) + image)
+        elif kind == 5:
+            frame = hand_record(hand_payload(float(rng.choice([np.nan, np.inf, -np.inf, 2.0**62, -1e30])), image))
+        elif kind == 7:  # the header announces 9 labels, the record holds fewer
+            frame = hand_record(struct.pack("<IfQQ", 9, 0.0, 0, 0) + rng.bytes(int(rng.integers(0, 36))))
+        else:
+            frame = hand_record(hand_payload(label, image))
+        offsets.append(len(data))
+        data += frame
+        if kind == 8:
+            offsets.append(int(rng.integers(0, len(data))))  # into the middle of anything
+        if kind == 9:
+            offsets.append(offsets[int(rng.integers(0, len(offsets)))])  # a second key for a record
+    keys = rng.permutation(len(offsets)) * 3 + 1
+    return bytes(data), list(zip(keys.tolist(), offsets, strict=True))
+
+
+@pytest.mark.usefixtures("no_hang")
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("seed", range(8))
+def test_block_label_reader_matches_per_record_reads(tmp_path: Path, seed: int) -> None:
+    data, entries = mixed_rec(seed)
+    last = max(offset for _, offset in entries)
+    rng = np.random.default_rng(100 + seed)
+    for cut in [len(data), last + 8 + 24 + 2, last + 30, last + 5, *rng.integers(last, len(data), 2).tolist()]:
+        source = source_over(tmp_path / "train.rec", data[:cut], entries)
+        expected_labels, expected_failures = per_record_labels(source)
+        assert expected_failures and np.isfinite(expected_labels).sum() > 40, "the file must mix good and bad"
+        for block_size in (36, 37, 38, 41, 64, 99, 256, 1000, LABEL_BLOCK):
+            labels, failures = source._read_labels(block_size=block_size)
+            np.testing.assert_array_equal(labels, expected_labels)
+            assert failures == expected_failures
+        source.close()
+
+
+def test_block_label_reader_on_a_written_set_reads_only_split_records_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Records of many sizes (so every block size cuts some of them), multi-label headers, one split record.
+    rng = np.random.default_rng(11)
+    frames, expected = [], []
+    for key in range(1, 300):
+        label, image = float(rng.integers(0, 50_000)), rng.bytes(int(rng.integers(0, 70)))
+        if key == 150:
+            image = b"abcd" + MAGIC_BYTES + image
+        if key % 7 == 0:
+            payload = pack_record([label, -1.0, 3.5], image, id=key)
+        else:
+            payload = pack_record(label, image, id=key)
+        frames.append((key, frame_record(payload)))
+        expected.append(label)
+    source = open_recordio(write_pair(tmp_path, frames))
+    independent = {key: parse_payload(payload) for key, (_, payload) in
+                   zip(range(1, 300), read_frames((tmp_path / "train.rec").read_bytes()), strict=True)}
+    assert [(extra or (label,))[0] for _, label, extra, _, _ in independent.values()] == expected
+    read_alone = []
+    original = RecordIOSource._label_of
+
+    def counting(self: RecordIOSource, key: int, offset: int) -> float:
+        read_alone.append(key)
+        return original(self, key, offset)
+
+    monkeypatch.setattr(RecordIOSource, "_label_of", counting)
+    for block_size in (36, 40, 53, 128, 1024, LABEL_BLOCK):
+        read_alone.clear()
+        labels, failures = source._read_labels(block_size=block_size)
+        assert labels.tolist() == expected and failures == []
+        assert read_alone == [150]
+    assert source.table()["label"].tolist() == [int(label) for label in expected]
+    with pytest.raises(ValueError, match="at least 36 bytes"):
+        source._read_labels(block_size=35)
+
+
+def test_block_label_reader_skips_long_gaps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gap = b"\0" * 5000
+    frames = [hand_record(hand_payload(float(key), b"img")) for key in range(4)]
+    data = gap.join(frames)
+    source = source_over(tmp_path / "train.rec", data, [(key, key * (len(frames[0]) + len(gap))) for key in range(4)])
+    spans = []
+    original = RecordIOSource._read_into
+
+    def recording(self: RecordIOSource, buffer: memoryview, offset: int) -> int:
+        spans.append((offset, len(buffer)))
+        return original(self, buffer, offset)
+
+    monkeypatch.setattr(RecordIOSource, "_read_into", recording)
+    labels, failures = source._read_labels(block_size=1000)
+    assert labels.tolist() == [0.0, 1.0, 2.0, 3.0] and failures == []
+    assert spans == [(int(offset), 36) for offset in source.offsets]
+    spans.clear()
+    source._read_labels(block_size=len(data))
+    assert spans == [(0, len(data) - len(frames[0]) + 36)]
+
+
+IDX_SAMPLES = [
+    b"0\t0\n1\t40\n", b"0 0\n1 40\n", b"0\t0\r\n1\t40\r\n\r\n", b"\n\n0\t0\n\n\n1\t40", b"  0 \t 0 \n1\t40\n",
+    b"00012\t007\n", b"4611686018427387903\t4611686018427387903\n",
+    # read by the line scan: accepted there, refused by Arrow or read differently by it
+    b"0\t0\n \n1\t40\n", b"0  0\n", b" 0 0\n", b"+0\t0\n", b"1_0\t0\n", b"0\t0\t\n", b"-0\t0\n", b"0\t0\x0b\n",
+    b"0 0\n1\t40\n",
+    # refused, naming the line
+    b"0\t0\n0x1\t0\n", b"0\t0\r1\t40\n", b"0\t\n", b"\t0\n", b"0\t1 2\n", b"0\t0\n\n\n5\n",
+    b"4611686018427387904\t0\n", b"0\t9223372036854775808\n", b"0\t99999999999999999999999\n", b"\xff\n", b"",
+    b"\n\r\n", b"0\t-1\n", b"1e3\t0\n", b"0\t0\n1\t4\x000\n",
+]
+
+
+def parse_outcome(idx: Path, parse) -> tuple[list[int], list[int]] | str:  # noqa: ANN001 - a parser
+    """(keys, offsets) or the RecordIOError message of one parser."""
+    try:
+        keys, offsets = parse(idx)
+    except RecordIOError as exc:
+        return str(exc)
+    assert keys.dtype == offsets.dtype == np.int64
+    return keys.tolist(), offsets.tolist()
+
+
+def assert_same_idx_outcome(idx: Path, raw: bytes) -> None:
+    idx.write_bytes(raw)
+    assert parse_outcome(idx, _parse_idx) == parse_outcome(idx, lambda path: _parse_idx_exact(path, raw))
+
+
+@pytest.mark.parametrize("raw", IDX_SAMPLES)
+def test_idx_parser_matches_the_line_scan(tmp_path: Path, raw: bytes) -> None:
+    assert_same_idx_outcome(tmp_path / "train.idx", raw)
+
+
+def test_idx_c_parser_takes_plain_files_and_leaves_the_rest() -> None:
+    for raw in IDX_SAMPLES[:7]:
+        keys, offsets = _parse_idx_plain(raw)
+        scanned_keys, scanned_offsets = _parse_idx_exact(Path("train.idx"), raw)
+        assert keys.tolist() == scanned_keys.tolist() and offsets.tolist() == scanned_offsets.tolist()
+        assert keys.flags.writeable and offsets.flags.writeable
+    for raw in IDX_SAMPLES[7:]:
+        assert _parse_idx_plain(raw) is None
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"0\t0\n\n\n5\t\n", r"line 4 is not 'key<TAB>offset' with non-negative integers: '5'"),
+    (b"0 0\r\n1 0x28\r\n", r"line 2 is not .*: '1 0x28'"),
+    (b"0\t0\n1\t40\n2\t4611686018427387904\n", r"line 3 is not .*: '2\\t4611686018427387904'"),
+    (b"0\t0\r1\t40\n", r"line 1 is not .*: '0\\t0\\r1\\t40'"),
+])
+def test_bad_idx_line_is_named(tmp_path: Path, raw: bytes, message: str) -> None:
+    (tmp_path / "train.idx").write_bytes(raw)
+    with pytest.raises(RecordIOError, match=message):
+        _parse_idx(tmp_path / "train.idx")
+
+
+idx_line = st.tuples(
+    st.sampled_from(["", "", "+", "-", "0x", " "]),
+    st.from_regex(r"[0-9]{1,20}", fullmatch=True),
+    st.sampled_from(["\t", "\t", " ", "  ", "\t ", ""]),
+    st.sampled_from(["", "", "_1", "x", "\t"]),
+    st.from_regex(r"[0-9]{0,20}", fullmatch=True),
+    st.sampled_from(["\n", "\n", "\r\n", "\r", "\n\n", " \n"]),
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(idx_line, max_size=6))
+def test_idx_parser_matches_the_line_scan_on_generated_files(tmp_path: Path, lines: list[str]) -> None:
+    assert_same_idx_outcome(tmp_path / "train.idx", "".join(lines).encode("ascii"))
