@@ -33,7 +33,7 @@ def test_own_cosines_nearest_and_angles_on_known_geometry() -> None:
     expected = np.cos(np.radians([[10, 110, 130], [100, 20, 140], [160, 80, 40], [30, 150, 90]]))
     assert cos.numpy() == pytest.approx(expected, abs=1e-6)
     assert cos.argmax(dim=1).tolist() == [0, 1, 2, 0]
-    assert to_degrees(cos.max(dim=1).values).tolist() == pytest.approx([10, 20, 40, 30], abs=1e-4)
+    assert to_degrees(cos.max(dim=1).values.numpy()).tolist() == pytest.approx([10, 20, 40, 30], abs=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -43,7 +43,7 @@ def test_nearest_other_class_excludes_own_class(precision: str) -> None:
     cls, cos = OtherClassSearch(SUBCENTERS, precision=precision)(x, y)
     assert cls.tolist() == [1, 0, 1]
     # sample 0 at 80°: class 1's nearest is the 90° sub-center (10°); sample 2: +z at acos(0.8).
-    assert to_degrees(cos).tolist() == pytest.approx([10.0, 10.0, math.degrees(math.acos(0.8))], abs=1e-3)
+    assert to_degrees(cos.numpy()).tolist() == pytest.approx([10.0, 10.0, math.degrees(math.acos(0.8))], abs=1e-3)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -9,9 +9,11 @@ import numpy as np
 import torch
 
 
-def to_degrees(cosine: torch.Tensor) -> torch.Tensor:
-    """Angle in degrees of a cosine, clamped into [-1, 1] first so rounding never yields NaN."""
-    return torch.rad2deg(torch.arccos(cosine.double().clamp(-1.0, 1.0))).float()
+def to_degrees(cosine: np.ndarray) -> np.ndarray:
+    """Angle in degrees (float32) of cosines, computed in float64 and clamped into [-1, 1] first so rounding never
+    yields NaN. NumPy, not torch: the merge of ``score`` calls it on long columns part after part, where waking
+    torch's thread pool each time cost more than the arithmetic."""
+    return np.degrees(np.arccos(np.clip(np.asarray(cosine, dtype=np.float64), -1.0, 1.0))).astype(np.float32)
 
 
 def own_class_cosines(embeddings: torch.Tensor, subcenters: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from facecleaner.model import prepare_images
 from facecleaner.model.head import SubCenterArcFace
 from facecleaner.model.runtime import autocast, eval_mode, place_backbone
 from facecleaner.progress import progress_bar
-from facecleaner.scoring.angles import dominant_subcenters, own_class_cosines
+from facecleaner.scoring.angles import dominant_subcenters, own_class_cosines, to_degrees
 from facecleaner.scoring.search import OtherClassSearch
 from facecleaner.sources.dataset import DecodedImages, batch_loader
 
@@ -171,9 +171,9 @@ def angles_to(measurements: Measurements, classes: np.ndarray, dominant: np.ndar
     """The angles of some samples (``classes`` holds theirs) once the vote gave each class's ``dominant``."""
     ok = measurements.readable
     own = measurements.own_cosines
-    angle = _degrees(np.take_along_axis(own, dominant[classes].astype(np.int64)[:, None], axis=1)[:, 0])
-    angle_nearest = _degrees(own.max(axis=1))
-    angle_other = _degrees(measurements.other_cosine)
+    angle = to_degrees(np.take_along_axis(own, dominant[classes].astype(np.int64)[:, None], axis=1)[:, 0])
+    angle_nearest = to_degrees(own.max(axis=1))
+    angle_other = to_degrees(measurements.other_cosine)
     for column in (angle, angle_nearest, angle_other):
         column[~ok] = np.nan
     angle_other[measurements.other_class < 0] = np.nan
@@ -191,12 +191,6 @@ def _arrow(column: pd.Series, wanted: Callable[[pa.DataType], pa.DataType]) -> p
     array = pa.array(column, from_pandas=True)
     array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
     return array.cast(wanted(array.type))
-
-
-def _degrees(cosine: np.ndarray) -> np.ndarray:
-    """:func:`facecleaner.scoring.angles.to_degrees` in NumPy (float64, clamped, then float32), for the merge's
-    long columns: no thread pool to wake for each part."""
-    return np.degrees(np.arccos(np.clip(cosine.astype(np.float64), -1.0, 1.0))).astype(np.float32)
 
 
 def scores_table(source_table: pd.DataFrame, classes: np.ndarray, scores: Scores, extras: pa.Table | None = None,
