@@ -23,6 +23,7 @@ import torch
 from facecleaner import api
 from facecleaner.config import TrainConfig
 from facecleaner.distributed import Dist, shard_range
+from facecleaner.errors import CheckpointError
 from facecleaner.model.checkpoint import MODEL_FORMAT, ModelSpec
 from facecleaner.model.sharded_head import ShardedSubCenterArcFace
 from facecleaner.sources.synthetic import generate_noisy_faces
@@ -460,6 +461,9 @@ def test_head_shard_files_hold_their_classes_and_load_on_any_world(tmp_path: Pat
     for run in ("two", "old"):
         assert_loads_hand_rows(tmp_path / run, 0, 1, sharded=False)
         assert_loads_hand_rows(tmp_path / run, 0, 1)
+    (tmp_path / "two" / files[1]).unlink()
+    with pytest.raises(CheckpointError, match=f"not beside it: {files[1]}"):
+        assert_loads_hand_rows(tmp_path / "two", 0, 1)
 
 
 def test_partial_fc_training_in_one_process_writes_a_standard_model(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,14 +362,18 @@ class _HeadPart:
     start: int
     end: int
     file_format: str
-    weight: Any  # payload -> tensor
-    momentum: Any
+    weight: Callable[[dict[str, Any]], torch.Tensor]
+    momentum: Callable[[dict[str, Any]], torch.Tensor]
 
 
 def _head_parts(path: Path, payload: dict[str, Any], subcenters: int) -> list[_HeadPart]:
     """Shard files, as checkpoint.pt names them, or checkpoint.pt itself when it holds the whole head."""
     saved = payload.get("shards", {})
     if "files" in saved:
+        missing = [name for name in saved["files"] if not (path.parent / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{path} names head shard files that are not beside it: {', '.join(missing)}",
+                                  "copy the run directory with all its files, or start the run again")
         return [_HeadPart(path.parent / name, start, end, HEAD_SHARD_FORMAT, lambda p: p["weight"],
                           lambda p: p["momentum_buffer"])
                 for name, (start, end) in zip(saved["files"], saved["ranges"], strict=True)]
