@@ -1,17 +1,21 @@
 """torchrun on the CPU (gloo, 2 processes): the sharded head is exact, and train/score/resume work across worlds.
 
 Each test launches ``python -m torch.distributed.run --standalone --nproc-per-node 2`` on a worker script
-(below) that asserts inside the ranks and exits non-zero on any failure.
+(below) that asserts inside the ranks and exits non-zero on any failure. Checkpoints of a sharded head are
+checked against hand-built rows (:func:`hand_rows`): each rank's shard file holds exactly its classes, and a
+checkpoint saved on 1 or 2 processes, in the current or the old one-file format, loads on 1 or 2.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,6 +23,8 @@ import torch
 from facecleaner import api
 from facecleaner.config import TrainConfig
 from facecleaner.distributed import Dist, shard_range
+from facecleaner.errors import CheckpointError
+from facecleaner.model.checkpoint import MODEL_FORMAT, ModelSpec
 from facecleaner.model.sharded_head import ShardedSubCenterArcFace
 from facecleaner.sources.synthetic import generate_noisy_faces
 from facecleaner.training import loop
@@ -27,6 +33,49 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="torch.distributed with gloo is not available")
 
 TINY = dict(backbone="tiny", image_size=16, embedding_size=16, batch_size=8, device="cpu", seed=1)
+CLASSES, K, DIM = 7, 3, 4  # the hand-built head: rank 0 of 2 holds classes 0-3, rank 1 classes 4-6
+
+
+def hand_rows(first: int, last: int, momentum: bool = False) -> np.ndarray:
+    """Rows ``first … last-1`` of the hand-built (C·K, D) head weight (or its momentum), in float64: each value
+    names its row and column, and is exact in float32."""
+    rows = np.arange(first, last, dtype=np.float64)[:, None] * 100 + np.arange(DIM) + 0.25
+    return -rows / 8 if momentum else rows
+
+
+def hand_model(rank: int, world: int, sharded: bool = True, filled: bool = True) -> tuple:
+    """Spec, backbone, head (rank's shard, or the whole head) and SGD of the hand-built model; ``filled`` puts
+    the hand rows in the weight and momentum, else they stay as initialised (and the momentum empty)."""
+    spec = ModelSpec(backbone="tiny", embedding_size=DIM, image_size=16, subcenters=K, scale=16.0, margin=0.5,
+                     classes=[f"id{c}" for c in range(CLASSES)])
+    backbone = spec.build_backbone()
+    head = ShardedSubCenterArcFace(CLASSES, K, DIM, 16.0, 0.5, rank, world) if sharded else spec.build_head()
+    start, end = (head.start, head.end) if sharded else (0, CLASSES)
+    optimizer = torch.optim.SGD(list(backbone.parameters()) + [head.weight], lr=0.1, momentum=0.9)
+    if filled:
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(hand_rows(start * K, end * K)))
+        optimizer.state[head.weight]["momentum_buffer"] = torch.from_numpy(hand_rows(start * K, end * K,
+                                                                                     True)).float()
+    return spec, backbone, head, optimizer
+
+
+def save_hand_checkpoint(run: Path, rank: int, world: int, sharded: bool = True) -> None:
+    spec, backbone, head, optimizer = hand_model(rank, world, sharded)
+    run.mkdir(exist_ok=True)
+    loop._save_checkpoint(run, spec, backbone, head, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                          torch.Generator(), 1, 0, set(), [], Dist(rank, world), 16)
+
+
+def assert_loads_hand_rows(run: Path, rank: int, world: int, sharded: bool = True) -> None:
+    """A fresh model (rank of world) resumed from ``run`` holds the hand rows of its classes, bit for bit."""
+    _, backbone, head, optimizer = hand_model(rank, world, sharded, filled=False)
+    loop._load_checkpoint(run / "checkpoint.pt", backbone, head, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                          torch.Generator(), Dist(rank, world), 16)
+    start, end = (head.start, head.end) if sharded else (0, CLASSES)
+    assert torch.equal(head.weight.detach().double(), torch.from_numpy(hand_rows(start * K, end * K))), (run, rank)
+    assert torch.equal(optimizer.state[head.weight]["momentum_buffer"].double(),
+                       torch.from_numpy(hand_rows(start * K, end * K, True))), (run, rank)
 
 WORKER = textwrap.dedent('''
     import gc
@@ -218,21 +267,61 @@ WORKER = textwrap.dedent('''
                 assert torch.equal(value, resumed[part][name]), (part, name)
         print(f"rank {dist.get_rank()}: pipeline passed")
 
+    def shard_checks(tmp):
+        """Save the hand-built head on 2 ranks and load it back; load the 1-process and old-format checkpoints."""
+        from test_distributed import assert_loads_hand_rows, save_hand_checkpoint
+
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        tmp = Path(tmp)
+        save_hand_checkpoint(tmp / "two", rank, world)
+        for run in ("two", "one", "old"):
+            assert_loads_hand_rows(tmp / run, rank, world)
+        print(f"rank {rank}: shard checks passed", flush=True)
+
+    def train(data, run, epochs, resume):
+        """Train on 2 ranks; with crash: killed (FACECLEANER_FAULT) after writing the second checkpoint's shards."""
+        from facecleaner import api
+        from facecleaner.config import TrainConfig
+        from facecleaner.training import loop
+
+        if resume == "crash":
+            real_save = loop._save_checkpoint
+
+            def crash_at_the_next_save(*args, **kwargs):
+                real_save(*args, **kwargs)
+                os.environ["FACECLEANER_FAULT"] = "head shards written"
+
+            loop._save_checkpoint = crash_at_the_next_save
+        config = TrainConfig(epochs=int(epochs), backbone="tiny", image_size=16, embedding_size=16, batch_size=8,
+                             device="cpu", seed=1)
+        api.train(data, Path(run), config, resume=resume == "resume", progress=False)
+        print(f"rank {dist.get_rank()}: training passed", flush=True)
+
     if __name__ == "__main__":
         if sys.argv[1] == "head":
             head_checks()
+        elif sys.argv[1] == "shards":
+            shard_checks(sys.argv[2])
+        elif sys.argv[1] == "train":
+            train(*sys.argv[2:])
         else:
             pipeline(sys.argv[2], sys.argv[3])
 ''')
 
 
-def _torchrun(tmp_path: Path, *args: str) -> None:
-    """Run the worker on 2 ranks; both must finish their checks."""
+def _torchrun(tmp_path: Path, *args: str, crash: bool = False) -> None:
+    """Run the worker on 2 ranks; both must finish their checks (or, with ``crash``, both be killed)."""
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              str(worker), *args], env=env, capture_output=True, text=True, timeout=300)
+    if crash:
+        assert result.returncode != 0 and result.stdout.count("passed") == 0, result.stdout + result.stderr[-8000:]
+        assert "exitcode  : 137" in result.stderr, result.stderr[-8000:]
+        return
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     assert result.stdout.count("passed") == 2, result.stdout
 
@@ -283,22 +372,98 @@ def test_two_rank_train_score_and_resume_across_worlds(tmp_path: Path) -> None:
     # Other processes, other thread counts: the same up to float rounding.
     assert np.allclose(np.load(tmp_path / "emb1.npy"), np.load(tmp_path / "emb2.npy"), atol=2e-3)
 
-    # The 2-rank checkpoint holds the whole head in class order plus the shard layout; it resumes on 1 process.
+    # The 2-rank checkpoint: each rank's head rows and momentum in its own file, named with the shard layout; it
+    # resumes on 1 process, and so does the same checkpoint in the one-file format of before the shard files.
     checkpoint = torch.load(tmp_path / "run2" / "checkpoint.pt", weights_only=True)
-    assert checkpoint["head"]["weight"].shape == (6 * 3, 16)
+    assert "head" not in checkpoint and checkpoint["epoch"] == 1
     assert checkpoint["shards"]["world"] == 2 and checkpoint["shards"]["ranges"] == [[0, 3], [3, 6]]
-    head_index = len(checkpoint["optimizer"]["param_groups"][0]["params"]) - 1
-    assert checkpoint["optimizer"]["state"][head_index]["momentum_buffer"].shape == (6 * 3, 16)
-    assert checkpoint["epoch"] == 1
-    resumed = api.train(data, tmp_path / "run2", TrainConfig(epochs=2, **TINY), resume=True, progress=False)
-    assert resumed["epochs"] == 2
-    assert len((tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()) == 2
-    assert torch.load(tmp_path / "run2" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert head_files(tmp_path / "run2") == checkpoint["shards"]["files"]
+    for name in checkpoint["shards"]["files"]:
+        shard = torch.load(tmp_path / "run2" / name, weights_only=True)
+        assert shard["weight"].shape == shard["momentum_buffer"].shape == (3 * 3, 16)
+    old = shutil.copytree(tmp_path / "run2", tmp_path / "old")
+    as_old_format(old)
+    for run in (tmp_path / "run2", old):
+        resumed = api.train(data, run, TrainConfig(epochs=2, **TINY), resume=True, progress=False)
+        assert resumed["epochs"] == 2
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+        assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert_same_model(tmp_path / "run2", old)
 
     # The 1-process run resumed on 2 ranks: one more epoch, a final model.pt in the one-process format.
     assert len((tmp_path / "run1" / "metrics.jsonl").read_text().splitlines()) == 2
     final = torch.load(tmp_path / "run1" / "model.pt", weights_only=True)
     assert final["head"]["weight"].shape == (6 * 3, 16) and "optimizer" not in final
+    assert final["format"] == MODEL_FORMAT and list(final) == ["format", "spec", "backbone", "head"]
+    assert [p.name for p in (tmp_path / "run1").iterdir() if p.name.startswith(".")] == []
+
+    # Killed on both ranks after writing the epoch-2 shard files, before checkpoint.pt names them: the epoch-1
+    # checkpoint is whole, and --resume on 2 ranks ends bit for bit where the uninterrupted run did.
+    crashed = tmp_path / "crashed"
+    _torchrun(tmp_path, "train", str(data), str(crashed), "2", "crash", crash=True)
+    checkpoint = torch.load(crashed / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and not (crashed / "model.pt").exists()
+    unpublished = set(head_files(crashed)) - set(checkpoint["shards"]["files"])
+    assert len(unpublished) == 2 and all(name.startswith("checkpoint.head-2-0-") for name in unpublished)
+    _torchrun(tmp_path, "train", str(data), str(crashed), "2", "resume")
+    assert_same_model(tmp_path / "straight", crashed)
+    assert head_files(crashed) == torch.load(crashed / "checkpoint.pt", weights_only=True)["shards"]["files"]
+
+
+def head_files(run: Path) -> list[str]:
+    return sorted(p.name for p in run.glob("checkpoint.head-*"))
+
+
+def assert_same_model(expected: Path, actual: Path) -> None:
+    one = torch.load(expected / "model.pt", weights_only=True)
+    two = torch.load(actual / "model.pt", weights_only=True)
+    for part in ("backbone", "head"):
+        assert one[part].keys() == two[part].keys()
+        for name, value in one[part].items():
+            assert torch.equal(value, two[part][name]), (part, name)
+
+
+def as_old_format(run: Path) -> None:
+    """Rewrite a sharded checkpoint as the code before shard files wrote it: one checkpoint.pt holding the whole
+    head, its momentum in the optimizer state, and every rank's RNG states."""
+    payload = torch.load(run / "checkpoint.pt", weights_only=True)
+    shards = [torch.load(run / name, weights_only=True) for name in payload["shards"]["files"]]
+    head_index = len(payload["optimizer"]["param_groups"][0]["params"]) - 1
+    payload["head"] = {"weight": torch.cat([shard["weight"] for shard in shards])}
+    payload["optimizer"]["state"][head_index] = {"momentum_buffer": torch.cat([s["momentum_buffer"] for s in shards])}
+    payload["shards"] = {"world": payload["shards"]["world"], "ranges": payload["shards"]["ranges"],
+                         "sample_rate": payload["shards"]["sample_rate"],
+                         "rank_rng": [{"torch_rng": s["torch_rng"], "augment_rng": s["augment_rng"]} for s in shards]}
+    for name in head_files(run):
+        (run / name).unlink()
+    torch.save(payload, run / "checkpoint.pt")
+
+
+def test_head_shard_files_hold_their_classes_and_load_on_any_world(tmp_path: Path) -> None:
+    """The hand-built head saved on 2 ranks: each shard file holds exactly its classes' rows and momentum, and
+    it loads on 1 process (whole head, or partial FC's world of one) and on 2; so do a 1-process checkpoint and
+    one in the old one-file format."""
+    save_hand_checkpoint(tmp_path / "one", 0, 1, sharded=False)
+    save_hand_checkpoint(tmp_path / "old", 0, 1)
+    as_old_format(tmp_path / "old")
+    _torchrun(tmp_path, "shards", str(tmp_path))
+    checkpoint = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["shards"]["ranges"] == [[0, 4], [4, 7]] and "head" not in checkpoint
+    head_index = len(checkpoint["optimizer"]["param_groups"][0]["params"]) - 1
+    assert head_index not in checkpoint["optimizer"]["state"]
+    files = checkpoint["shards"]["files"]
+    assert head_files(tmp_path / "two") == sorted(files)
+    for rank, (name, (start, end)) in enumerate(zip(files, checkpoint["shards"]["ranges"], strict=True)):
+        shard = torch.load(tmp_path / "two" / name, weights_only=True)
+        assert name.endswith(f".{rank}-of-2.pt") and shard["classes"] == [start, end]
+        assert torch.equal(shard["weight"].double(), torch.from_numpy(hand_rows(start * K, end * K)))
+        assert torch.equal(shard["momentum_buffer"].double(), torch.from_numpy(hand_rows(start * K, end * K, True)))
+    for run in ("two", "old"):
+        assert_loads_hand_rows(tmp_path / run, 0, 1, sharded=False)
+        assert_loads_hand_rows(tmp_path / run, 0, 1)
+    (tmp_path / "two" / files[1]).unlink()
+    with pytest.raises(CheckpointError, match=f"not beside it: {files[1]}"):
+        assert_loads_hand_rows(tmp_path / "two", 0, 1)
 
 
 def test_partial_fc_training_in_one_process_writes_a_standard_model(tmp_path: Path) -> None:

@@ -280,7 +280,9 @@ def test_a_checkpoint_without_metrics_history_keeps_the_metrics_file(data: Path,
 
 # --- 10. Ctrl-C ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("step, workers", [(2, 0), (9, 2)])  # in the first epoch; mid second, decoding workers
+# In the first epoch; mid second, decoding workers; in an epoch's last step, which ends the epoch (its metrics and
+# checkpoint) before stopping.
+@pytest.mark.parametrize("step, workers", [(2, 0), (9, 2), (STEPS - 1, 0)])
 def test_ctrl_c_mid_epoch_checkpoints_and_resume_is_bit_for_bit(data: Path, straight: Path, driver: Path,
                                                                tmp_path: Path, step: int, workers: int) -> None:
     run = tmp_path / "run"
@@ -291,14 +293,15 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resume_is_bit_for_bit(data: Path, stra
     one_error_line(err, "Ctrl-C", str(run), "run the same command with --resume")
     assert not (run / "model.pt").exists()
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
-    epoch, done = divmod(step, STEPS)
-    assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (epoch, done + 1)
+    epoch, done = divmod(step + 1, STEPS)  # where the checkpoint resumes: after the interrupted step
+    assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (epoch, done)
+    assert not epoch or metric_epochs(run) == list(range(1, epoch + 1))
     resumed = invoke("train", data, "--out", run, *FLAGS, "--epochs", EPOCHS, "--resume", "-q")  # no --workers
     assert_ok(resumed)
     assert_same_weights(straight, run)
     assert metric_epochs(run) == [1, 2, 3]
     log = (run / "train.log").read_text()
-    assert "Ctrl-C" in log and f"resumed at epoch {epoch + 1}/{EPOCHS}, step {done + 2}/{STEPS}" in log
+    assert "Ctrl-C" in log and f"resumed at epoch {epoch + 1}/{EPOCHS}, step {done + 1}/{STEPS}" in log
 
 
 def test_ctrl_c_while_the_data_is_opened_ends_with_one_clear_line(data: Path, driver: Path, tmp_path: Path) -> None:

@@ -107,8 +107,10 @@ class ShardedSubCenterArcFace(nn.Module):
         return score.topk(quota).indices.sort().values
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: float | None = None,
-                step: int = 0) -> ShardedOutput:
-        embeddings, labels = _gather_batch(embeddings.float(), labels, self.world)
+                step: int = 0, sizes: list[int] | None = None) -> ShardedOutput:
+        """``sizes``: every rank's row count, when the caller knows it already (it saves an exchange and a
+        wait for the device)."""
+        embeddings, labels = _gather_batch(embeddings.float(), labels, self.world, sizes)
         rows, k, device = len(labels), self.subcenters, embeddings.device
         local = labels - self.start
         in_shard = (local >= 0) & (local < self.local_classes)
@@ -196,14 +198,17 @@ def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType, world: int) -
     return tensor
 
 
-def _gather_batch(embeddings: torch.Tensor, labels: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's rows in rank order; ranks may hold different counts (unreadable samples are dropped)."""
+def _gather_batch(embeddings: torch.Tensor, labels: torch.Tensor, world: int,
+                  sizes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's rows in rank order; ranks may hold different counts (unreadable samples are dropped).
+    Without ``sizes`` (every rank's count) the ranks exchange their counts first."""
     if world == 1:
         return embeddings, labels
-    count = torch.tensor([len(labels)], device=labels.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
+    if sizes is None:
+        count = torch.tensor([len(labels)], device=labels.device)
+        counts = [torch.zeros_like(count) for _ in range(world)]
+        dist.all_gather(counts, count)
+        sizes = [int(c) for c in counts]
     most = max(sizes)
     padded = F.pad(embeddings, (0, 0, 0, most - len(labels)))
     gathered = _AllGatherRows.apply(padded).split(most)
@@ -223,18 +228,3 @@ def _global_argmax(best: torch.Tensor, best_class: torch.Tensor, world: int) -> 
     dist.all_gather(classes, best_class)
     owner = torch.stack(values).argmax(dim=0)
     return torch.stack(classes).gather(0, owner[None]).squeeze(0)
-
-
-def gather_rows(local: torch.Tensor, num_rows: list[int], world: int) -> torch.Tensor | None:
-    """Concatenate every rank's (rows_r, ...) tensor in rank order on rank 0 (None on the other ranks)."""
-    if world == 1:
-        return local
-    most = max(num_rows)
-    padded = torch.zeros((most, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[:len(local)] = local
-    rank = dist.get_rank()
-    parts = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
-    dist.gather(padded, parts, dst=0)
-    if rank != 0:
-        return None
-    return torch.cat([part[:n] for part, n in zip(parts, num_rows, strict=True)])

@@ -6,17 +6,27 @@ bit-for-bit on the CPU.
 
 Under torchrun every rank draws the same epoch order; a step's global batch is ``batch_size × world``
 samples and rank ``r`` takes its ``r``-th share. The backbone runs in DDP; the head is sharded by class
-(:class:`ShardedSubCenterArcFace`), as it is in one process with ``sample_rate < 1``. Checkpoints always
-hold the whole head in class order (plus the shard layout), so a run saved on N ranks resumes on M.
+(:class:`ShardedSubCenterArcFace`), as it is in one process with ``sample_rate < 1``.
+
+A sharded head is checkpointed by every rank into its own file (its class range's weight and momentum rows);
+``checkpoint.pt``, written last by rank 0, names them and holds the rest, so a crash mid-save leaves the
+previous checkpoint whole. A resume on any number of ranks reads, memory-mapped, only the rows each rank
+owns (a run saved on N ranks resumes on M), and the final ``model.pt`` is assembled on disk from every
+rank's rows: no rank ever holds more of the head than its own shard. Under torchrun a step waits for the
+other ranks once on the host: one exchange carries each rank's row count and its unreadable, too-few and
+stop flags.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,21 +37,27 @@ import torch
 from facecleaner.config import TrainConfig
 from facecleaner.distributed import Dist, shard_ranges
 from facecleaner.errors import CheckpointError, Interrupted
-from facecleaner.fileio import atomic_output
+from facecleaner.fileio import atomic_output, fault_point, fsync_path, temporary_beside
 from facecleaner.model import prepare_images
 from facecleaner.model.backbones import build_backbone, load_backbone_weights
 from facecleaner.model.checkpoint import (
     CHECKPOINT_FILE,
+    HEAD_SHARD_FORMAT,
     MODEL_FILE,
     ModelSpec,
     atomic_save,
+    head_shard_name,
     load_payload,
     model_payload,
-    restore,
+    read_rows,
+    save_durably,
     save_model,
+    save_model_from_rows,
+    stale_head_shards,
+    write_rows,
 )
 from facecleaner.model.runtime import autocast, place_backbone
-from facecleaner.model.sharded_head import ShardedSubCenterArcFace, gather_rows
+from facecleaner.model.sharded_head import ShardedSubCenterArcFace
 from facecleaner.progress import logger, progress_bar
 from facecleaner.sources.base import Source, too_many_unreadable
 from facecleaner.sources.dataset import BatchPlan, DecodedImages, batch_loader, index_batches
@@ -152,10 +168,15 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
             for step_in_epoch, (images, ok, indices, why, _) in enumerate(loader, start=first):
                 global_step = epoch * steps_per_epoch + step_in_epoch
                 reasons.update((int(i), reason) for i, reason, good in zip(indices, why, ok, strict=True) if not good)
-                too_few = _sync_unreadable(world, unreadable, indices[~ok].tolist(), int(ok.sum()) < 2, device)
+                flags = _StepFlags.exchange(world, int(ok.sum()), indices[~ok].tolist(), stop.requested, device)
+                if flags.stop:  # a rank was signalled during the last step: checkpoint the steps done
+                    _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
+                                     epoch, step_in_epoch, unreadable, history, world, global_batch)
+                    raise _stopped(stop, run_dir, epoch, step_in_epoch, config.epochs, steps_per_epoch)
+                flags.add_unreadable(unreadable)
                 if len(unreadable) > max_bad:
                     raise too_many_unreadable(source, sorted(unreadable), reasons.get, config.max_bad_fraction)
-                if too_few:
+                if flags.too_few:
                     continue
                 x = augment(prepare_images(images[ok], device, channels_last), augment_rng, config.shift)
                 y = labels[indices[ok]].to(device, non_blocking=True)
@@ -164,8 +185,8 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                 margin = margin_at(global_step, margin_warmup, spec.margin)
                 with autocast(device, config.precision):
                     embeddings = forward(x)
-                    out = head(embeddings, y, margin=margin, step=global_step) if sharded else \
-                        head(embeddings, y, margin=margin)
+                    out = head(embeddings, y, margin=margin, step=global_step, sizes=flags.rows) if sharded \
+                        else head(embeddings, y, margin=margin)
                 optimizer.zero_grad(set_to_none=True)
                 # DDP averages the backbone's gradients over ranks, but the global loss is the *sum* of
                 # the partial losses: scale by the world for the backbone, and undo it for the own shard.
@@ -185,12 +206,6 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                 bar.update(len(images) * world.world)
                 if not bar.disable and step_in_epoch % POSTFIX_EVERY == 0:  # .item() waits for the GPU
                     bar.set_postfix(loss=f"{_reported_loss(out).item():.3f}", refresh=False)
-                if _any_rank(world, stop.requested, device):
-                    _save_checkpoint(run_dir, spec, backbone, head, optimizer, scaler, augment_rng,
-                                     epoch, step_in_epoch + 1, unreadable, history, world, global_batch)
-                    raise Interrupted(f"stopped by {stop.cause} in epoch {epoch + 1}/{config.epochs} after step "
-                                      f"{step_in_epoch + 1}/{steps_per_epoch}; checkpoint written to {run_dir}",
-                                      "run the same command with --resume to continue")
             bar.close()
             elapsed = time.perf_counter() - started
             images_seen += sums.count
@@ -206,12 +221,11 @@ def train_model(source: Source, class_index: np.ndarray, spec: ModelSpec, config
                              epoch + 1, 0, unreadable, history, world, global_batch)
             if world.is_main:  # after the checkpoint: a crash between the two loses no line and repeats none
                 _write_metrics(run_dir, history)
+            if _StepFlags.exchange(world, 0, [], stop.requested, device).stop:  # signalled in the last step
+                raise _stopped(stop, run_dir, epoch, steps_per_epoch, config.epochs, steps_per_epoch)
     backbone.to(memory_format=torch.contiguous_format)
     if sharded:
-        full_head = gather_rows(head.weight.detach(), _shard_rows(head, world), world.world)
-        if world.is_main:
-            atomic_save(model_payload(spec, backbone.cpu(), full_head.cpu()), run_dir / MODEL_FILE)
-        world.barrier()
+        _save_sharded_model(run_dir, spec, backbone.cpu(), head, world)
     else:
         save_model(run_dir / MODEL_FILE, spec, backbone.cpu(), head.cpu())
     return _result(run_dir, config, total_steps, len(spec.classes), samples, len(unreadable), history,
@@ -253,39 +267,43 @@ def _save_checkpoint(run_dir: Path, spec: ModelSpec, backbone: torch.nn.Module, 
                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, augment_rng: torch.Generator,
                      epoch: int, step_in_epoch: int, unreadable: set[int], history: list[dict[str, Any]],
                      world: Dist | None = None, global_batch: int | None = None) -> None:
-    """Write checkpoint.pt; a sharded head (and its momentum) is gathered whole, in class order, on rank 0.
+    """Write checkpoint.pt; a sharded head (and its momentum) goes to one file per rank, which it names.
 
-    ``history`` (the finished epochs' metrics) travels in the checkpoint, so metrics.jsonl can always be
-    rewritten to match it."""
+    Every rank writes its shard file under a name unique to this save; rank 0 then publishes checkpoint.pt,
+    the one file a resume starts from, and removes the shard files no longer named. ``history`` (the finished
+    epochs' metrics) travels in the checkpoint, so metrics.jsonl can always be rewritten to match it."""
     world = world or Dist()
     optimizer_state = optimizer.state_dict()
-    rng = (torch.get_rng_state(), augment_rng.get_state())
+    rng = {"torch_rng": torch.get_rng_state(), "augment_rng": augment_rng.get_state()}
     if isinstance(head, ShardedSubCenterArcFace):
-        rows = _shard_rows(head, world)
-        full_head = gather_rows(head.weight.detach(), rows, world.world)
-        head_index = len(optimizer_state["param_groups"][0]["params"]) - 1
-        head_state = dict(optimizer_state["state"].get(head_index, {}))
+        head_state = optimizer_state["state"].pop(_head_index(optimizer_state), {})
+        save_id = world.broadcast_object(f"{epoch}-{step_in_epoch}-{secrets.token_hex(4)}")
+        names = [head_shard_name(save_id, rank, world.world) for rank in range(world.world)]
+        shard = {"format": HEAD_SHARD_FORMAT, "classes": [head.start, head.end], "subcenters": head.subcenters,
+                 "weight": head.weight.detach(), **rng}
         if "momentum_buffer" in head_state:
-            head_state["momentum_buffer"] = gather_rows(head_state["momentum_buffer"], rows, world.world)
-        rngs = world.gather_objects(rng)
+            shard["momentum_buffer"] = head_state["momentum_buffer"]
+        save_durably(shard, run_dir / names[world.rank])
+        world.barrier()
+        fault_point("head shards written")
         if not world.is_main:
             world.barrier()
             return
-        optimizer_state = {"state": {**optimizer_state["state"], head_index: head_state},
-                           "param_groups": optimizer_state["param_groups"]}
-        payload = model_payload(spec, backbone, full_head)
-        payload["shards"] = {"world": world.world, "ranges": [list(r) for r in shard_ranges(head.num_classes,
-                                                                                              world.world)],
-                             "sample_rate": head.sample_rate,
-                             "rank_rng": [{"torch_rng": t, "augment_rng": a} for t, a in rngs]}
+        payload = model_payload(spec, backbone, None)
+        payload["shards"] = {"world": world.world, "files": names, "sample_rate": head.sample_rate,
+                             "ranges": [list(r) for r in shard_ranges(head.num_classes, world.world)],
+                             "momentum": "momentum_buffer" in head_state}
+        fsync_path(run_dir)  # the shard files' names are on disk before checkpoint.pt names them
     else:
         payload = model_payload(spec, backbone, head.weight)
     payload.update(optimizer=optimizer_state, scaler=scaler.state_dict(), epoch=epoch,
-                   step_in_epoch=step_in_epoch, unreadable=sorted(unreadable), metrics=history,
-                   torch_rng=rng[0], augment_rng=rng[1])
+                   step_in_epoch=step_in_epoch, unreadable=sorted(unreadable), metrics=history, **rng)
     if global_batch is not None:
         payload["global_batch"] = global_batch
     atomic_save(payload, run_dir / CHECKPOINT_FILE)
+    if "shards" in payload:
+        for stale in stale_head_shards(run_dir, payload["shards"]["files"]):
+            stale.unlink(missing_ok=True)
     world.barrier()
 
 
@@ -293,35 +311,31 @@ def _load_checkpoint(path: Path, backbone: torch.nn.Module, head: torch.nn.Modul
                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                      augment_rng: torch.Generator, world: Dist | None = None,
                      global_batch: int | None = None) -> dict[str, Any]:
-    """Load a checkpoint saved on any number of ranks; a sharded head takes its own rows of the whole head."""
+    """Load a checkpoint saved on any number of ranks, into a whole or a sharded head: the head reads only
+    its own rows, from the shard files, or from checkpoint.pt itself when it holds the whole head (a
+    one-process run's, or one saved before shard files)."""
     world = world or Dist()
     payload = load_payload(path)
     if "optimizer" not in payload:
         raise CheckpointError(f"{path} is a final model, not a training checkpoint", "start a new run")
+    try:
+        backbone.load_state_dict(payload["backbone"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path} does not match this run: {str(exc).splitlines()[0]}",
+                              "resume with the settings the run was started with") from exc
     optimizer_state = payload["optimizer"]
-    if isinstance(head, ShardedSubCenterArcFace):
-        try:
-            backbone.load_state_dict(payload["backbone"])
-            head.load_full(payload["head"]["weight"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path} does not match this run: {str(exc).splitlines()[0]}",
-                                  "resume with the settings the run was started with") from exc
-        head_index = len(optimizer.param_groups[0]["params"]) - 1
-        head_state = dict(optimizer_state["state"].get(head_index, {}))
-        if "momentum_buffer" in head_state:
-            head_state["momentum_buffer"] = head.shard_rows(head_state["momentum_buffer"])
-        optimizer_state = {"state": {**optimizer_state["state"], head_index: head_state},
-                           "param_groups": optimizer_state["param_groups"]}
-    else:
-        _, saved_backbone, saved_head = restore(payload, path)
-        backbone.load_state_dict(saved_backbone.state_dict())
-        head.load_state_dict(saved_head.state_dict())
-    optimizer.load_state_dict(optimizer_state)
-    scaler.load_state_dict(payload["scaler"])
+    state = dict(optimizer_state["state"])
+    head_state = state.pop(_head_index(optimizer_state), {})
     saved = payload.get("shards", {})
-    rank_rng = saved.get("rank_rng") if saved.get("world", 1) == world.world else None
-    rng = rank_rng[world.rank] if rank_rng else {"torch_rng": payload["torch_rng"],
-                                                  "augment_rng": payload["augment_rng"]}
+    momentum = _load_head_rows(path, payload, head, saved.get("momentum", "momentum_buffer" in head_state))
+    optimizer.load_state_dict({"state": _in_memory(state), "param_groups": optimizer_state["param_groups"]})
+    if momentum is not None:
+        optimizer.state[head.weight]["momentum_buffer"] = momentum
+    scaler.load_state_dict(payload["scaler"])
+    rng = {"torch_rng": payload["torch_rng"], "augment_rng": payload["augment_rng"]}  # rank 0's
+    if saved.get("world") == world.world:  # the same ranks: each continues its own RNG streams
+        rng = saved["rank_rng"][world.rank] if "rank_rng" in saved else \
+            load_payload(path.parent / saved["files"][world.rank], HEAD_SHARD_FORMAT)
     torch.set_rng_state(rng["torch_rng"])
     augment_rng.set_state(rng["augment_rng"])
     step_in_epoch = payload["step_in_epoch"]
@@ -333,6 +347,102 @@ def _load_checkpoint(path: Path, backbone: torch.nn.Module, head: torch.nn.Modul
         history = [line for line in _read_metrics(path.parent) if line["epoch"] <= payload["epoch"]]
     return {"epoch": payload["epoch"], "step_in_epoch": step_in_epoch, "unreadable": payload["unreadable"],
             "metrics": history}
+
+
+def _head_index(optimizer_state: dict[str, Any]) -> int:
+    """The head's weight is the optimizer's last parameter (see train_model)."""
+    return len(optimizer_state["param_groups"][0]["params"]) - 1
+
+
+@dataclass(frozen=True)
+class _HeadPart:
+    """A saved file holding the head's classes ``[start, end)``, and where its weight and momentum are in it."""
+
+    file: Path
+    start: int
+    end: int
+    file_format: str
+    weight: Callable[[dict[str, Any]], torch.Tensor]
+    momentum: Callable[[dict[str, Any]], torch.Tensor]
+
+
+def _head_parts(path: Path, payload: dict[str, Any], subcenters: int) -> list[_HeadPart]:
+    """Shard files, as checkpoint.pt names them, or checkpoint.pt itself when it holds the whole head."""
+    saved = payload.get("shards", {})
+    if "files" in saved:
+        missing = [name for name in saved["files"] if not (path.parent / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{path} names head shard files that are not beside it: {', '.join(missing)}",
+                                  "copy the run directory with all its files, or start the run again")
+        return [_HeadPart(path.parent / name, start, end, HEAD_SHARD_FORMAT, lambda p: p["weight"],
+                          lambda p: p["momentum_buffer"])
+                for name, (start, end) in zip(saved["files"], saved["ranges"], strict=True)]
+    if "head" not in payload:
+        raise CheckpointError(f"{path} holds no head", "the checkpoint is damaged: start the run again")
+    head_index = _head_index(payload["optimizer"])
+    return [_HeadPart(path, 0, len(payload["head"]["weight"]) // subcenters, payload["format"],
+                      lambda p: p["head"]["weight"], lambda p: p["optimizer"]["state"][head_index]["momentum_buffer"])]
+
+
+def _load_head_rows(path: Path, payload: dict[str, Any], head: torch.nn.Module,
+                    with_momentum: bool) -> torch.Tensor | None:
+    """Copy this process's rows of the saved head (its shard's, or all) into ``head.weight`` and return the
+    same rows of the momentum (None when the checkpoint has none): only those rows are read, a block at a time,
+    from whichever files hold them."""
+    start, end = (head.start, head.end) if isinstance(head, ShardedSubCenterArcFace) else (0, head.num_classes)
+    k = head.subcenters
+    parts = _head_parts(path, payload, k)
+    if parts[-1].end != head.num_classes:
+        raise CheckpointError(f"{path} holds a head of {parts[-1].end} classes, this run has {head.num_classes}",
+                              "resume with the data and settings the run was started with")
+    momentum = torch.empty_like(head.weight, requires_grad=False) if with_momentum else None
+    for part in parts:
+        first, last = max(part.start, start), min(part.end, end)
+        if first >= last:
+            continue
+        rows, offset = slice((first - start) * k, (last - start) * k), (first - part.start) * k
+        try:
+            with torch.no_grad():
+                read_rows(part.file, part.weight, offset, head.weight[rows], part.file_format)
+                if momentum is not None:
+                    read_rows(part.file, part.momentum, offset, momentum[rows], part.file_format)
+        except KeyError as exc:
+            raise CheckpointError(f"{part.file} lacks the head's {exc}", "the checkpoint is damaged: resume from "
+                                  "another copy of the run, or start it again") from exc
+    return momentum
+
+
+def _in_memory(value: Any) -> Any:
+    """``value`` with every tensor copied out of the memory-mapped file it was loaded from: the optimizer
+    updates its buffers in place, and a mapping must not outlive the load."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {key: _in_memory(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_in_memory(item) for item in value)
+    return value
+
+
+def _save_sharded_model(run_dir: Path, spec: ModelSpec, backbone: torch.nn.Module,
+                        head: ShardedSubCenterArcFace, world: Dist) -> None:
+    """model.pt in the one-file format, its head assembled in a raw file beside it: each rank writes its own
+    rows there, then rank 0 saves model.pt with that file memory-mapped as the head (file-backed pages)."""
+    target = run_dir / MODEL_FILE
+    rows_file = Path(world.broadcast_object(str(temporary_beside(target)) if world.is_main else None))
+    shape = (head.num_classes * head.subcenters, head.embedding_size)
+    if world.is_main:
+        os.truncate(rows_file, shape[0] * shape[1] * head.weight.element_size())
+    world.barrier()
+    try:
+        write_rows(rows_file, head.start * head.subcenters, head.weight)
+        world.barrier()
+        if world.is_main:
+            save_model_from_rows(target, spec, backbone, rows_file, shape, head.weight.dtype)
+    finally:
+        if world.is_main:
+            rows_file.unlink(missing_ok=True)
+    world.barrier()
 
 
 def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -348,32 +458,44 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
         tmp.write_text("".join(json.dumps(metrics) + "\n" for metrics in history))
 
 
-def _shard_rows(head: ShardedSubCenterArcFace, world: Dist) -> list[int]:
-    return [(end - start) * head.subcenters for start, end in shard_ranges(head.num_classes, world.world)]
-
-
 def _reported_loss(out: Any) -> torch.Tensor:
     """The loss of the whole (global) batch: a sharded head's ``loss`` is only this rank's part."""
     return getattr(out, "global_loss", out.loss)
 
 
-def _sync_unreadable(world: Dist, unreadable: set[int], new: list[int], too_few: bool,
-                     device: torch.device) -> bool:
-    """Add every rank's newly unreadable samples to ``unreadable``; True when any rank lacks two images."""
-    if not world.enabled:
-        unreadable.update(new)
-        return too_few
-    flags = world.all_reduce(torch.tensor([len(new), int(too_few)], dtype=torch.int64, device=device))
-    if int(flags[0]):
-        for part in world.all_gather_objects(new):
+@dataclass(frozen=True)
+class _StepFlags:
+    """What the ranks tell each other before a step, in one exchange (one wait for the device per step):
+    each rank's readable row count (the sharded head's batch sizes), newly unreadable sample count, whether it
+    holds too few images to train on and whether it was signalled to stop."""
+
+    rows: list[int] | None  # every rank's readable rows; None in one process
+    new: list[list[int]]  # every rank's newly unreadable samples, exchanged only when there are some
+    too_few: bool
+    stop: bool
+
+    @staticmethod
+    def exchange(world: Dist, rows: int, new: list[int], stop: bool, device: torch.device) -> _StepFlags:
+        if not world.enabled:
+            return _StepFlags(None, [new], rows < 2, stop)
+        mine = torch.tensor([rows, len(new), int(stop)], dtype=torch.int64, device=device)
+        parts = [torch.empty_like(mine) for _ in range(world.world)]
+        torch.distributed.all_gather(parts, mine)
+        table = torch.stack(parts).tolist()
+        counts = [row[0] for row in table]
+        new_parts = world.all_gather_objects(new) if any(row[1] for row in table) else []
+        return _StepFlags(counts, new_parts, min(counts) < 2, any(row[2] for row in table))
+
+    def add_unreadable(self, unreadable: set[int]) -> None:
+        for part in self.new:
             unreadable.update(part)
-    return bool(flags[1])
 
 
-def _any_rank(world: Dist, flag: bool, device: torch.device) -> bool:
-    if not world.enabled:
-        return flag
-    return bool(world.all_reduce(torch.tensor([int(flag)], device=device), torch.distributed.ReduceOp.MAX))
+def _stopped(stop: _StopFlag, run_dir: Path, epoch: int, steps_done: int, epochs: int,
+             steps_per_epoch: int) -> Interrupted:
+    return Interrupted(f"stopped by {stop.cause} in epoch {epoch + 1}/{epochs} after step "
+                       f"{steps_done}/{steps_per_epoch}; checkpoint written to {run_dir}",
+                       "run the same command with --resume to continue")
 
 
 def _share_overflow(head_params: list[torch.Tensor], world: Dist) -> None:
