@@ -68,9 +68,12 @@ class SubCenterArcFace(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes * subcenters, embedding_size))
         nn.init.normal_(self.weight, std=0.01)
 
-    def unit_subcenters(self) -> torch.Tensor:
-        """The L2-normalised sub-centers, shaped (C, K, D)."""
-        return F.normalize(self.weight.detach().float(), dim=1).view(self.num_classes, self.subcenters, -1)
+    def unit_subcenters(self, device: torch.device | None = None) -> torch.Tensor:
+        """The L2-normalised sub-centers, shaped (C, K, D), made on ``device`` (the weight's own by default): a
+        head memory-mapped from model.pt is copied once, straight to where it is used, never whole into host
+        memory on its way to a GPU."""
+        weight = self.weight.detach().to(device) if device is not None else self.weight.detach()
+        return F.normalize(weight.float(), dim=1).view(self.num_classes, self.subcenters, -1)
 
     def class_cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
         """cos(x, class j) = max_k cos(x, W[j, k]), shaped (N, C)."""

@@ -105,7 +105,7 @@ def measure_batches(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: 
     unreadable: it is recorded with its reason and never votes.
     """
     channels_last = place_backbone(backbone, device)
-    subcenters = head.unit_subcenters().to(device)
+    subcenters = head.unit_subcenters(device)
     search_other = OtherClassSearch(subcenters)
     labels = torch.from_numpy(classes.astype(np.int64))
     dim = head.embedding_size if embeddings else None
