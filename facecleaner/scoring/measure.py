@@ -106,7 +106,8 @@ def measure_batches(backbone: torch.nn.Module, head: SubCenterArcFace, dataset: 
     """
     channels_last = place_backbone(backbone, device)
     subcenters = head.unit_subcenters(device)
-    search_other = OtherClassSearch(subcenters)
+    # --precision fp32 asks for exact arithmetic throughout: the search then skips its bf16 candidates on CUDA.
+    search_other = OtherClassSearch(subcenters, precision="fp32" if precision == "fp32" else None)
     labels = torch.from_numpy(classes.astype(np.int64))
     dim = head.embedding_size if embeddings else None
     loader = batch_loader(dataset, batches, workers, device.type == "cuda")
