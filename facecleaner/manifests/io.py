@@ -25,7 +25,12 @@ from facecleaner.errors import InputError
 from facecleaner.fileio import atomic_output
 from facecleaner.manifests.schema import METADATA_KEY, SCHEMA_VERSION
 
+#: Rows per read batch and written row group are sized by bytes (a 128-d embedding column makes a row ~600 B,
+#: a plain scores row ~60 B): this many uncompressed bytes per batch, in whole rows within the bounds below.
+BATCH_BYTES = 96 << 20
+#: The most rows per batch (the row-group size of narrow tables) and the fewest (however wide the rows).
 ROW_GROUP_ROWS = 1 << 20
+MIN_BATCH_ROWS = 1 << 10
 _MAKERS = {"scores": "score", "clean": "prune", "dropped": "prune", "classes": "score` or `facecleaner prune"}
 
 
@@ -40,17 +45,60 @@ def manifest_metadata(kind: str, **fields: Any) -> dict[str, Any]:
             "created": datetime.now(UTC).isoformat(timespec="seconds"), **fields}
 
 
+def rows_per_batch(bytes_per_row: float, budget: int | None = None) -> int:
+    """How many rows of ``bytes_per_row`` (uncompressed) fill ``budget`` bytes (BATCH_BYTES by default), within
+    MIN_BATCH_ROWS..ROW_GROUP_ROWS: what a reader's batches and a writer's row groups hold, so that wide tables
+    are read and written in fewer rows."""
+    budget = BATCH_BYTES if budget is None else budget
+    rows = int(budget // bytes_per_row) if bytes_per_row > 0 else ROW_GROUP_ROWS
+    return min(max(rows, MIN_BATCH_ROWS), ROW_GROUP_ROWS)
+
+
+def parquet_bytes_per_row(metadata: pq.FileMetaData) -> float:
+    """A Parquet file's uncompressed bytes per row, from its row groups' sizes (0 when it has no rows)."""
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    rows = sum(group.num_rows for group in groups)
+    return sum(group.total_byte_size for group in groups) / rows if rows else 0.0
+
+
 @contextlib.contextmanager
-def parquet_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any]) -> Iterator[Callable[[pa.Table], None]]:
-    """Yield ``write(table)`` appending row groups straight to ``path`` (a temporary its caller publishes)."""
+def parquet_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any],
+                   row_group_rows: int | None = None) -> Iterator[Callable[[pa.Table], None]]:
+    """Yield ``write(table)`` appending rows straight to ``path`` (a temporary its caller publishes).
+
+    Rows are written in row groups of ``row_group_rows`` (the last may be shorter), however the caller splits
+    them into tables; without it, :func:`rows_per_batch` of the first non-empty table's bytes per row. Tables
+    are held until they fill a row group, so memory stays within one row group plus the table being added.
+    """
     schema = schema.with_metadata({**(schema.metadata or {}),
                                    METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     # Dictionary encoding pays for repeated strings (labels, status, reason) and is wasted work on unique
-    # paths and floats; whole tables per call let row groups be ROW_GROUP_ROWS, not the reader's chunks.
+    # paths and floats.
     dictionary = [f.name for f in schema
                   if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != "path"]
+    pending: list[pa.Table] = []
+    group_rows = row_group_rows
+
     with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary) as writer:
-        yield lambda table: writer.write_table(table.cast(schema), row_group_size=ROW_GROUP_ROWS)
+        def flush(rows: int) -> None:
+            """Write the first ``rows`` pending rows (whole tables per call: one row group, not one per chunk)."""
+            held = pa.concat_tables(pending)
+            writer.write_table(held.slice(0, rows), row_group_size=rows)
+            pending[:] = [held.slice(rows)] if rows < held.num_rows else []
+
+        def write(table: pa.Table) -> None:
+            nonlocal group_rows
+            if not table.num_rows:
+                return
+            if group_rows is None:
+                group_rows = rows_per_batch(table.nbytes / table.num_rows)
+            pending.append(table.cast(schema))
+            while sum(t.num_rows for t in pending) >= group_rows:
+                flush(group_rows)
+
+        yield write
+        if pending:
+            flush(sum(t.num_rows for t in pending))
 
 
 @contextlib.contextmanager
