@@ -149,7 +149,7 @@ def test_a_manifest_edited_with_its_metadata_kept_is_not_mixed(scores_file, tmp_
 def test_rows_per_batch_by_hand() -> None:
     assert io.rows_per_batch(100.0, budget=1_000_000) == 10_000
     assert io.rows_per_batch(3.0, budget=10_000) == 3_333  # whole rows that fit
-    assert io.rows_per_batch(600.0) == (96 << 20) // 600  # the default budget: 167,772 rows of an embedding row
+    assert io.rows_per_batch(600.0) == 55_924  # the default budget, 32 MiB, of 600-byte (embedding) rows
     assert io.rows_per_batch(1.0) == 1 << 20  # narrow rows: at most ROW_GROUP_ROWS
     assert io.rows_per_batch(0.0) == 1 << 20  # an empty file's 0 bytes per row
     assert io.rows_per_batch(1e9) == 1 << 10  # a row wider than the budget: at least MIN_BATCH_ROWS
