@@ -107,7 +107,7 @@ def generate_scores(path: Path, rows: int, classes: int, unreadable_fraction: fl
                                               "embedding_size": 512, "image_size": 112},
                              num_classes=classes, checkpoint_sha256="0" * 64, input="synthetic",
                              input_fingerprint="synthetic", input_root=None)
-    with manifest_writer(path, schema, meta) as write:
+    with manifest_writer(path, schema, meta, row_group_rows=BATCH_ROWS) as write:  # as a user's join writes it
         for start in range(0, rows, BATCH_ROWS):
             ci = class_index[start:start + BATCH_ROWS]
             ordinal = np.arange(start, start + len(ci)) - first[ci]

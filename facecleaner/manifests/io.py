@@ -104,9 +104,11 @@ def parquet_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any],
 
 
 @contextlib.contextmanager
-def manifest_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any]) -> Iterator[Callable[[pa.Table], None]]:
-    """Yield ``write(table)`` appending row groups to ``path``, which appears (atomically) only on success."""
-    with atomic_output(path) as tmp, parquet_writer(tmp, schema, metadata) as write:
+def manifest_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any],
+                    row_group_rows: int | None = None) -> Iterator[Callable[[pa.Table], None]]:
+    """Yield ``write(table)`` appending row groups (:func:`parquet_writer`) to ``path``, which appears
+    (atomically) only on success."""
+    with atomic_output(path) as tmp, parquet_writer(tmp, schema, metadata, row_group_rows) as write:
         yield write
 
 
