@@ -66,41 +66,27 @@ def parquet_bytes_per_row(metadata: pq.FileMetaData) -> float:
 @contextlib.contextmanager
 def parquet_writer(path: Path, schema: pa.Schema, metadata: dict[str, Any],
                    row_group_rows: int | None = None) -> Iterator[Callable[[pa.Table], None]]:
-    """Yield ``write(table)`` appending rows straight to ``path`` (a temporary its caller publishes).
+    """Yield ``write(table)`` appending row groups straight to ``path`` (a temporary its caller publishes).
 
-    Rows are written in row groups of ``row_group_rows`` (the last may be shorter), however the caller splits
-    them into tables; without it, :func:`rows_per_batch` of the first non-empty table's bytes per row. Tables
-    are held until they fill a row group, so memory stays within one row group plus the table being added.
+    Each table is written in row groups of at most ``row_group_rows`` rows; without it, :func:`rows_per_batch`
+    of the first non-empty table's bytes per row, so that a wide table gets smaller row groups.
     """
     schema = schema.with_metadata({**(schema.metadata or {}),
                                    METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     # Dictionary encoding pays for repeated strings (labels, status, reason) and is wasted work on unique
-    # paths and floats.
+    # paths and floats; whole tables per call let row groups be that size, not the reader's chunks.
     dictionary = [f.name for f in schema
                   if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != "path"]
-    pending: list[pa.Table] = []
     group_rows = row_group_rows
 
     with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary) as writer:
-        def flush(rows: int) -> None:
-            """Write the first ``rows`` pending rows (whole tables per call: one row group, not one per chunk)."""
-            held = pa.concat_tables(pending)
-            writer.write_table(held.slice(0, rows), row_group_size=rows)
-            pending[:] = [held.slice(rows)] if rows < held.num_rows else []
-
         def write(table: pa.Table) -> None:
             nonlocal group_rows
-            if not table.num_rows:
-                return
-            if group_rows is None:
+            if group_rows is None and table.num_rows:
                 group_rows = rows_per_batch(table.nbytes / table.num_rows)
-            pending.append(table.cast(schema))
-            while sum(t.num_rows for t in pending) >= group_rows:
-                flush(group_rows)
+            writer.write_table(table.cast(schema), row_group_size=group_rows or ROW_GROUP_ROWS)
 
         yield write
-        if pending:
-            flush(sum(t.num_rows for t in pending))
 
 
 @contextlib.contextmanager
