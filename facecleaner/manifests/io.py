@@ -28,7 +28,7 @@ from facecleaner.manifests.schema import METADATA_KEY, SCHEMA_VERSION
 #: Rows per read batch and written row group are sized by bytes (a 128-d embedding column makes a row ~600 B,
 #: a plain scores row ~60 B): this many uncompressed bytes per batch, in whole rows within the bounds below.
 #: Measured on a prune of 2M 600-byte rows: 16–32 MiB cost the least CPU (larger batches add page faults) and
-#: peak RSS grows by ~8× the budget (0.8 GiB at 32 MiB, 1.0 at 64, 2.0 at 256).
+#: peak RSS grows by ~6× the budget (0.8 GiB at 32 MiB, 1.0 at 64, 2.0 at 256).
 BATCH_BYTES = 32 << 20
 #: The most rows per batch (the row-group size of narrow tables) and the fewest (however wide the rows).
 ROW_GROUP_ROWS = 1 << 20
