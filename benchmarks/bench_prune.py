@@ -2,11 +2,14 @@
 
 The manifest is generated here, in 1M-row batches with pyarrow compute (no per-row Python), with the real
 scores schema (string labels, ~500K classes, ~1 % unreadable rows with null geometry, one extra string
-column) and written with ``facecleaner.manifests.io.write_manifest``. Each prune runs in a fresh Python
-process; the parent measures its wall time and peak RSS (``os.wait4`` rusage of that child alone), so
-interpreter start-up and every import ``prune`` triggers are counted, as a user of the CLI would see them.
+column; ``--embedding-dim D`` adds a D-d float32 list column, like an embedding a user joined in), written
+batch by batch in 1M-row row groups (pandas' and pyarrow's default) so that generating holds one batch. Each
+prune runs in a fresh Python process; the parent measures its wall time and peak RSS (``os.wait4`` rusage of
+that child alone), so interpreter start-up and every import ``prune`` triggers are counted, as a user of the
+CLI would see them.
 
     python benchmarks/bench_prune.py --workdir /tmp/prune-bench --repeat 3
+    python benchmarks/bench_prune.py --workdir /tmp/prune-bench --repeat 3 --embedding-dim 128
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ UNREADABLE_REASONS = (
 
 def _batch(rng: np.random.Generator, class_index: np.ndarray, ordinal: np.ndarray, start: int,
            labels: pa.Array, dominant: np.ndarray, origins: pa.Array, schema: pa.Schema,
-           unreadable_fraction: float, num_classes: int) -> pa.RecordBatch:
-    """One batch of scores rows for the given (sorted) class indices."""
+           unreadable_fraction: float, num_classes: int, embedding_dim: int) -> pa.RecordBatch:
+    """One batch of scores rows for the given (sorted) class indices (with an embedding when ``embedding_dim``)."""
     n = len(class_index)
     bad = rng.random(n) < unreadable_fraction
     label = labels.take(pa.array(class_index))
@@ -76,51 +79,40 @@ def _batch(rng: np.random.Generator, class_index: np.ndarray, ordinal: np.ndarra
         status,
         origin,
     ]
+    if embedding_dim:
+        values = pa.array(rng.standard_normal(n * embedding_dim, dtype=np.float32))
+        offsets = pa.array(np.arange(0, (n + 1) * embedding_dim, embedding_dim, dtype=np.int32))
+        columns.append(pa.ListArray.from_arrays(offsets, values))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def generate_scores(path: Path, rows: int, classes: int, unreadable_fraction: float = 0.01, seed: int = 0) -> None:
+def generate_scores(path: Path, rows: int, classes: int, unreadable_fraction: float = 0.01, seed: int = 0,
+                    embedding_dim: int = 0) -> None:
     """Write a ``rows``-row scores manifest of ``classes`` identities (sorted by class, like identity folders)."""
-    from facecleaner.manifests.io import manifest_metadata, write_manifest
+    from facecleaner.manifests.io import manifest_metadata, manifest_writer
     from facecleaner.manifests.schema import scores_schema
 
     rng = np.random.default_rng(seed)
-    schema = scores_schema(pa.string(), pa.schema([pa.field("origin", pa.string())]))
+    extras = [pa.field("origin", pa.string())]
+    if embedding_dim:
+        extras.append(pa.field("embedding", pa.list_(pa.float32())))
+    schema = scores_schema(pa.string(), pa.schema(extras))
     class_index = np.sort(rng.integers(0, classes, rows)).astype(np.int32)
     counts = np.bincount(class_index, minlength=classes)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     labels = pa.array([f"m.{c:07d}" for c in range(classes)], pa.string())
     dominant = rng.integers(0, 3, classes).astype(np.int8)
     origins = pa.array([f"crawl-{k:04d}" for k in range(2000)], pa.string())
-    batches = []
-    for start in range(0, rows, BATCH_ROWS):
-        ci = class_index[start:start + BATCH_ROWS]
-        ordinal = np.arange(start, start + len(ci)) - first[ci]
-        batches.append(_batch(rng, ci, ordinal, start, labels, dominant, origins, schema, unreadable_fraction,
-                              classes))
-    table = pa.Table.from_batches(batches, schema=schema)
-    del batches
     meta = manifest_metadata("scores", model={"backbone": "r50", "subcenters": 3, "margin": 0.5, "scale": 64.0,
                                               "embedding_size": 512, "image_size": 112},
                              num_classes=classes, checkpoint_sha256="0" * 64, input="synthetic",
                              input_fingerprint="synthetic", input_root=None)
-    write_manifest(path, table, meta)
-
-
-# --- prototypes -----------------------------------------------------------------------------------------
-#
-# Both write exactly what api.prune writes (same rows, columns, types and metadata; ``--check`` proves it).
-#
-# ``patched``   api.prune's algorithm unchanged, three local fixes:
-#   a. the classes table is built without importing torch (scoring.measure imports torch: ~1 s, ~0.3 GB);
-#   b. write_manifest: dictionary encoding only for non-path string columns, and
-#      ``write_table(row_group_size=ROW_GROUP_ROWS)`` so row groups really are 1M rows (pq.read_table
-#      returns 128K-row chunks, and writing chunk by chunk made 92 row groups of ~123K rows);
-#   c. np.unique's 12M-row sort in classes_table replaced by bincount + a first-row scatter.
-# ``streaming`` additionally reads only the decision columns, then streams the file row group by row group
-#   (reading the next one in a thread while the current one is filtered and written): memory ≈ 2 row groups.
-
-DECISION_COLUMNS = ["class_index", "status", "is_dominant", "angle", "nearest_subcenter", "dominant_subcenter"]
+    with manifest_writer(path, schema, meta, row_group_rows=BATCH_ROWS) as write:  # as a user's join writes it
+        for start in range(0, rows, BATCH_ROWS):
+            ci = class_index[start:start + BATCH_ROWS]
+            ordinal = np.arange(start, start + len(ci)) - first[ci]
+            write(pa.Table.from_batches([_batch(rng, ci, ordinal, start, labels, dominant, origins, schema,
+                                                unreadable_fraction, classes, embedding_dim)]))
 
 
 # --- child process: one timed prune ---------------------------------------------------------------------
@@ -195,6 +187,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=12_000_000)
     parser.add_argument("--classes", type=int, default=500_000)
     parser.add_argument("--unreadable", type=float, default=0.01, help="fraction of unreadable rows")
+    parser.add_argument("--embedding-dim", type=int, default=0,
+                        help="add an 'embedding' column of this many float32 per row (0: none)")
     parser.add_argument("--angle", type=float, default=75.0)
     parser.add_argument("--workdir", type=Path, help="keep the generated manifest here and reuse it next time")
     parser.add_argument("--regenerate", action="store_true", help="rebuild the manifest even if one exists")
@@ -207,11 +201,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        scores = work / f"scores_{args.rows}_{args.classes}.parquet"
+        wide = f"_emb{args.embedding_dim}" if args.embedding_dim else ""
+        scores = work / f"scores_{args.rows}_{args.classes}{wide}.parquet"
         print(f"machine: {machine_info()}", flush=True)
         if args.regenerate or not scores.exists():
             started = time.perf_counter()
-            generate_scores(scores, args.rows, args.classes, args.unreadable)
+            generate_scores(scores, args.rows, args.classes, args.unreadable, embedding_dim=args.embedding_dim)
             print(f"generated {scores} ({scores.stat().st_size / 2**20:.0f} MiB) in "
                   f"{time.perf_counter() - started:.1f} s", flush=True)
         else:
@@ -238,7 +233,8 @@ def main() -> None:
             walls = [r["wall_s"] for r in runs]
             rss = [r["peak_rss_gib"] for r in runs]
             ok = statistics.median(walls) <= args.target_s and max(rss) <= args.target_gib
-            print(f"RESULT prune impl={impl} rows={args.rows} classes={args.classes} n={len(runs)} "
+            print(f"RESULT prune impl={impl} rows={args.rows} classes={args.classes} "
+                  f"embedding_dim={args.embedding_dim} n={len(runs)} "
                   f"wall_min={min(walls):.2f}s wall_median={statistics.median(walls):.2f}s "
                   f"rss_max={max(rss):.2f}GiB rss_median={statistics.median(rss):.2f}GiB "
                   f"target={args.target_s:g}s/{args.target_gib:g}GiB {'MET' if ok else 'MISSED'} | "

@@ -13,6 +13,7 @@ from helpers import assert_error, invoke
 
 from facecleaner import api
 from facecleaner.errors import InputError
+from facecleaner.manifests import io
 from facecleaner.manifests.companions import check_companions
 from facecleaner.manifests.io import read_metadata
 from facecleaner.manifests.schema import METADATA_KEY
@@ -141,3 +142,60 @@ def test_a_manifest_edited_with_its_metadata_kept_is_not_mixed(scores_file, tmp_
     assert report.edited and report.mixed == []
     meta = json.loads(pq.read_schema(clean).metadata[METADATA_KEY])
     assert meta["run_id"] == read_metadata(tmp_path / "clean.dropped.parquet")["run_id"]
+
+
+# --- issue #12: read batches and written row groups sized by bytes, not rows ---------------------------------
+
+def test_rows_per_batch_by_hand() -> None:
+    assert io.rows_per_batch(100.0, budget=1_000_000) == 10_000
+    assert io.rows_per_batch(3.0, budget=10_000) == 3_333  # whole rows that fit
+    assert io.rows_per_batch(600.0) == 55_924  # the default budget, 32 MiB, of 600-byte (embedding) rows
+    assert io.rows_per_batch(1.0) == 1 << 20  # narrow rows: at most ROW_GROUP_ROWS
+    assert io.rows_per_batch(0.0) == 1 << 20  # an empty file's 0 bytes per row
+    assert io.rows_per_batch(1e9) == 1 << 10  # a row wider than the budget: at least MIN_BATCH_ROWS
+
+
+def test_bytes_per_row_from_parquet_metadata(tmp_path) -> None:  # noqa: ANN001
+    n = 50_000
+    pq.write_table(pa.table({"x": np.arange(n, dtype=np.int64)}), tmp_path / "narrow.parquet",
+                   compression="none", use_dictionary=False, row_group_size=n // 4)
+    narrow = io.parquet_bytes_per_row(pq.read_metadata(tmp_path / "narrow.parquet"))
+    assert 8.0 <= narrow < 8.05  # 8 bytes of int64 plus page headers, over 4 row groups
+    values = np.random.default_rng(0).standard_normal(n * 16, dtype=np.float32)  # no dictionary shortens them
+    wide = pa.table({"x": np.arange(n, dtype=np.int64),
+                     "v": pa.ListArray.from_arrays(np.arange(0, n * 16 + 1, 16, dtype=np.int32), values)})
+    pq.write_table(wide, tmp_path / "wide.parquet", compression="zstd", row_group_size=n // 3)
+    assert io.parquet_bytes_per_row(pq.read_metadata(tmp_path / "wide.parquet")) >= 8 + 16 * 4  # uncompressed
+    pq.write_table(wide.slice(0, 0), tmp_path / "empty.parquet")
+    assert io.parquet_bytes_per_row(pq.read_metadata(tmp_path / "empty.parquet")) == 0.0
+
+
+def row_groups(path) -> list[int]:  # noqa: ANN001
+    footer = pq.read_metadata(path)
+    return [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]
+
+
+def test_parquet_writer_writes_each_table_in_row_groups_of_at_most_the_given_rows(tmp_path) -> None:  # noqa: ANN001
+    table = pa.table({"a": np.arange(25, dtype=np.int64), "s": [f"s{i % 3}" for i in range(25)]})
+    with io.parquet_writer(tmp_path / "t.parquet", table.schema, {"kind": "test"}, row_group_rows=7) as write:
+        for start, stop in ((0, 5), (5, 22), (22, 25)):
+            write(table.slice(start, stop - start))
+    assert row_groups(tmp_path / "t.parquet") == [5, 7, 7, 3, 3]
+    assert pq.read_table(tmp_path / "t.parquet").replace_schema_metadata(None).equals(table)
+    assert read_metadata(tmp_path / "t.parquet") == {"kind": "test"}
+
+
+def test_parquet_writer_sizes_row_groups_by_the_first_tables_bytes(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(io, "BATCH_BYTES", 10_000)
+    monkeypatch.setattr(io, "MIN_BATCH_ROWS", 1)
+    n = 300
+    wide = pa.table({"a": np.arange(n, dtype=np.int64),  # 8 + 4 (offset) + 32 × 4 bytes = 140 bytes a row
+                     "v": pa.ListArray.from_arrays(np.arange(0, n * 32 + 1, 32, dtype=np.int32),
+                                                   np.ones(n * 32, dtype=np.float32))})
+    with io.parquet_writer(tmp_path / "wide.parquet", wide.schema, {}) as write:
+        write(wide)
+    assert row_groups(tmp_path / "wide.parquet") == [10_000 // 140] * (n // 71) + [n % 71]  # 71 rows a group
+    narrow = pa.table({"a": np.arange(n, dtype=np.int64)})
+    with io.parquet_writer(tmp_path / "narrow.parquet", narrow.schema, {}) as write:
+        write(narrow)
+    assert row_groups(tmp_path / "narrow.parquet") == [n]  # 2,400 bytes: under the budget

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from facecleaner import api
 from facecleaner.errors import InputError, PruneRefused
 from facecleaner.jobs import prune as prune_job
+from facecleaner.manifests import io
 from facecleaner.manifests.companions import check_companions
 from facecleaner.manifests.io import read_metadata
 from facecleaner.manifests.schema import REASONS
@@ -142,7 +143,7 @@ def test_streaming_in_small_batches_gives_the_same_files(scores_file, tmp_path, 
                        rng.random(n).astype(bool).tolist(),
                        status=["ok" if r > 0.1 else "unreadable: empty file" for r in rng.random(n)])
     api.prune(path, tmp_path / "whole.parquet", force=True, min_images=3)
-    monkeypatch.setattr(prune_job, "ROW_GROUP_ROWS", 7)
+    monkeypatch.setattr(prune_job, "rows_per_batch", lambda bytes_per_row: 7)
     api.prune(path, tmp_path / "batched.parquet", force=True, min_images=3)
     for suffix in ("", ".dropped", ".classes"):
         whole = pd.read_parquet(tmp_path / f"whole{suffix}.parquet")
@@ -150,6 +151,41 @@ def test_streaming_in_small_batches_gives_the_same_files(scores_file, tmp_path, 
         pd.testing.assert_frame_equal(whole, batched)
     assert len(pd.read_parquet(tmp_path / "batched.parquet")) + len(
         pd.read_parquet(tmp_path / "batched.dropped.parquet")) == n
+
+
+def test_a_wide_manifest_in_byte_sized_batches_gives_the_same_files(scores_file, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(12)
+    n, dim = 400, 32
+    path = scores_file(rng.integers(0, 9, n).tolist(), rng.uniform(0, 120, n).tolist(),
+                       rng.random(n).astype(bool).tolist(),
+                       status=["ok" if r > 0.1 else "unreadable: empty file" for r in rng.random(n)])
+    table = pq.read_table(path)  # an embedding a user joined in, some rows without one
+    values = rng.standard_normal(n * dim).astype(np.float32)
+    embedding = pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), pa.array(values),
+                                         mask=pa.array(rng.random(n) < 0.05))
+    pq.write_table(table.append_column("embedding", embedding), path)  # one row group, our metadata kept
+    api.prune(path, tmp_path / "whole.parquet", force=True, min_images=3)
+    budget = 4_000
+    monkeypatch.setattr(io, "BATCH_BYTES", budget)
+    monkeypatch.setattr(io, "MIN_BATCH_ROWS", 1)
+    api.prune(path, tmp_path / "batched.parquet", force=True, min_images=3)
+    rows = int(budget // io.parquet_bytes_per_row(pq.read_metadata(path)))
+    assert 10 < rows < 40  # a row is over 128 bytes: many batches
+    for suffix in ("", ".dropped", ".classes"):
+        whole = pq.read_table(tmp_path / f"whole{suffix}.parquet")
+        batched = pq.read_table(tmp_path / f"batched{suffix}.parquet")
+        assert batched.replace_schema_metadata(None).equals(whole.replace_schema_metadata(None)), suffix
+    clean, dropped = pq.read_table(tmp_path / "batched.parquet"), pq.read_table(tmp_path / "batched.dropped.parquet")
+    assert sorted(clean["sample_id"].to_pylist() + dropped["sample_id"].to_pylist()) == list(range(n))
+    for part in (clean, dropped):  # each row's embedding is its own, missing ones included
+        ids = part["sample_id"].to_numpy()
+        assert part["embedding"].combine_chunks().equals(embedding.take(pa.array(ids)))
+        assert np.all(np.diff(ids) > 0)  # the input's order
+    for name in ("batched.parquet", "batched.dropped.parquet"):  # a row group per batch, the kept or dropped part
+        footer = pq.read_metadata(tmp_path / name)
+        sizes = [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]
+        assert len(sizes) == -(-n // rows) and max(sizes) <= rows, (name, sizes)
+    assert pq.read_metadata(tmp_path / "whole.parquet").num_row_groups == 1
 
 
 def test_detection_metrics_of_a_clean_manifest_by_hand() -> None:

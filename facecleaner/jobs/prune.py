@@ -20,11 +20,12 @@ from facecleaner.errors import InputError, PruneRefused
 from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, recover_outputs
 from facecleaner.manifests.companions import companion_fields
 from facecleaner.manifests.io import (
-    ROW_GROUP_ROWS,
     input_sibling,
     manifest_metadata,
     new_run_id,
+    parquet_bytes_per_row,
     parquet_writer,
+    rows_per_batch,
     sibling,
     write_table,
 )
@@ -34,6 +35,8 @@ from facecleaner.pruning.rules import DEFAULT_ANGLE
 
 #: ``--angle auto``: the threshold read from the scores (:mod:`facecleaner.pruning.threshold`).
 AUTO = "auto"
+#: Bytes read from the scores file at a time, per column.
+READ_BUFFER_BYTES = 1 << 20
 #: Metadata of the scores file that its clean and dropped manifests carry on.
 INHERITED = ("model", "checkpoint_sha256", "input_fingerprint", "num_classes", "input_root")
 
@@ -106,16 +109,20 @@ def prune(scores: str | Path, out: str | Path, angle: float | str = DEFAULT_ANGL
     def metadata(role: str) -> dict[str, Any]:
         return manifest_metadata(role, **base_meta, **companion_fields(outputs, rows, run_id, role))
 
-    source = pq.ParquetFile(scores)
+    # Batches and written row groups hold a byte budget, not a row count: an embedding column a user joined
+    # in makes rows ten times wider, and 1M of them would not fit the memory a plain manifest needs. Pages are
+    # read as they are decoded (pre-buffering would read every row group's columns up front: the whole file).
+    source = pq.ParquetFile(scores, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+    batch_rows = rows_per_batch(parquet_bytes_per_row(source.metadata))
     # An edited clean or dropped manifest given back to prune: its new_label / reason are decided afresh.
     carried = [name for name in source.schema_arrow.names if name not in (NEW_LABEL.name, REASON.name)]
     schema = pa.schema([source.schema_arrow.field(name) for name in carried], metadata=source.schema_arrow.metadata)
     reason_names = pa.array(REASONS, pa.string())
     with atomic_outputs(list(outputs.values())) as (clean_tmp, dropped_tmp, classes_tmp):
-        with parquet_writer(clean_tmp, schema.append(NEW_LABEL), metadata("clean")) as write_clean, \
-                parquet_writer(dropped_tmp, schema.append(REASON), metadata("dropped")) as write_dropped:
+        with parquet_writer(clean_tmp, schema.append(NEW_LABEL), metadata("clean"), batch_rows) as write_clean, \
+                parquet_writer(dropped_tmp, schema.append(REASON), metadata("dropped"), batch_rows) as write_dropped:
             start = 0
-            for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS, columns=carried):
+            for batch in source.iter_batches(batch_size=batch_rows, columns=carried):
                 part = pa.Table.from_batches([batch], schema=schema)
                 stop = start + len(part)
                 kept = keep[start:stop]
