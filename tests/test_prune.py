@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 from facecleaner import api
 from facecleaner.errors import InputError, PruneRefused
-from facecleaner.jobs import prune as prune_job
 from facecleaner.manifests import io
 from facecleaner.manifests.companions import check_companions
 from facecleaner.manifests.io import read_metadata
@@ -143,7 +142,7 @@ def test_streaming_in_small_batches_gives_the_same_files(scores_file, tmp_path, 
                        rng.random(n).astype(bool).tolist(),
                        status=["ok" if r > 0.1 else "unreadable: empty file" for r in rng.random(n)])
     api.prune(path, tmp_path / "whole.parquet", force=True, min_images=3)
-    monkeypatch.setattr(prune_job, "rows_per_batch", lambda bytes_per_row: 7)
+    monkeypatch.setattr(io, "rows_per_batch", lambda bytes_per_row, budget=None: 7)
     api.prune(path, tmp_path / "batched.parquet", force=True, min_images=3)
     for suffix in ("", ".dropped", ".classes"):
         whole = pd.read_parquet(tmp_path / f"whole{suffix}.parquet")

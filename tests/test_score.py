@@ -580,11 +580,13 @@ def test_the_api_refuses_the_same_values(scene: Scene, tmp_path: Path, options: 
 def test_many_small_parts_and_row_groups_stream_into_the_same_manifest(scene: Scene, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The manifest is written part by part, its extra columns read from the input in batches of other sizes:
-    with parts of one batch, input batches of 5 rows and row groups of 7, every row equals the float64 reference,
-    the extras equal the input's (a list column too) and each embedding is its image's, zeros where unreadable."""
+    with parts of one batch, input batches of 5 rows and tables of at least 7 rows, every row equals the float64
+    reference, the extras equal the input's (a list column too) and each embedding is its image's, zeros where
+    unreadable."""
     import pyarrow as pa
 
     from facecleaner.scoring import merge, workarea
+    from facecleaner.sources import files
 
     count, missing = IMAGES, {4, 17}
     classes = np.arange(count) % len(CLASSES)
@@ -597,7 +599,8 @@ def test_many_small_parts_and_row_groups_stream_into_the_same_manifest(scene: Sc
         "status", pa.array(["given"] * count)).append_column("quality", extras["quality"]).append_column(
         "note", extras["note"]).append_column("vector", extras["vector"]), manifest, row_group_size=5)
     monkeypatch.setattr(workarea, "PART_ROWS", 1)  # one batch per part
-    monkeypatch.setattr(merge, "WRITE_ROWS", 7)
+    monkeypatch.setattr(merge, "rows_per_batch", lambda bytes_per_row: 7)
+    monkeypatch.setattr(files, "open_stream", lambda path: (pq.ParquetFile(path), 5))
     out, embeddings = tmp_path / "s.parquet", tmp_path / "e.npy"
     api.score(scene.run, manifest, out, batch_size=2, device="cpu", embeddings=embeddings, max_bad_fraction=1.0,
               progress=False)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from facecleaner.errors import InputError, PruneRefused
 from facecleaner.fileio import atomic_outputs, check_distinct, check_file_outputs, recover_outputs
@@ -23,9 +22,8 @@ from facecleaner.manifests.io import (
     input_sibling,
     manifest_metadata,
     new_run_id,
-    parquet_bytes_per_row,
+    open_stream,
     parquet_writer,
-    rows_per_batch,
     sibling,
     write_table,
 )
@@ -35,8 +33,6 @@ from facecleaner.pruning.rules import DEFAULT_ANGLE
 
 #: ``--angle auto``: the threshold read from the scores (:mod:`facecleaner.pruning.threshold`).
 AUTO = "auto"
-#: Bytes read from the scores file at a time, per column.
-READ_BUFFER_BYTES = 1 << 20
 #: Metadata of the scores file that its clean and dropped manifests carry on.
 INHERITED = ("model", "checkpoint_sha256", "input_fingerprint", "num_classes", "input_root")
 
@@ -110,10 +106,8 @@ def prune(scores: str | Path, out: str | Path, angle: float | str = DEFAULT_ANGL
         return manifest_metadata(role, **base_meta, **companion_fields(outputs, rows, run_id, role))
 
     # Batches and written row groups hold a byte budget, not a row count: an embedding column a user joined
-    # in makes rows ten times wider, and 1M of them would not fit the memory a plain manifest needs. Pages are
-    # read as they are decoded (pre-buffering would read every row group's columns up front: the whole file).
-    source = pq.ParquetFile(scores, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
-    batch_rows = rows_per_batch(parquet_bytes_per_row(source.metadata))
+    # in makes rows ten times wider, and 1M of them would not fit the memory a plain manifest needs.
+    source, batch_rows = open_stream(scores)
     # An edited clean or dropped manifest given back to prune: its new_label / reason are decided afresh.
     carried = [name for name in source.schema_arrow.names if name not in (NEW_LABEL.name, REASON.name)]
     schema = pa.schema([source.schema_arrow.field(name) for name in carried], metadata=source.schema_arrow.metadata)

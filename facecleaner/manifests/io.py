@@ -56,6 +56,18 @@ def rows_per_batch(bytes_per_row: float, budget: int | None = None) -> int:
     return min(max(rows, MIN_BATCH_ROWS), ROW_GROUP_ROWS)
 
 
+#: Bytes a streamed Parquet file reads at a time (its columns are read as they are decoded, never pre-buffered).
+READ_BUFFER_BYTES = 1 << 20
+
+
+def open_stream(path: Path) -> tuple[pq.ParquetFile, int]:
+    """A Parquet file opened to be read batch by batch, and the rows per batch that keep a batch of all its
+    columns near BATCH_BYTES. Pre-buffering is off: it would read every row group's columns before the first
+    batch (the whole file, 6 GB for a 12M-row manifest with a 128-d column)."""
+    source = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+    return source, rows_per_batch(parquet_bytes_per_row(source.metadata))
+
+
 def parquet_bytes_per_row(metadata: pq.FileMetaData) -> float:
     """A Parquet file's uncompressed bytes per row, from its row groups' sizes (0 when it has no rows)."""
     groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]

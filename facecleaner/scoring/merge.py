@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facecleaner.manifests.classes import classes_table
+from facecleaner.manifests.io import rows_per_batch
 from facecleaner.manifests.schema import STATUS_OK
 from facecleaner.scoring.angles import dominant_subcenters
 from facecleaner.scoring.measure import (
@@ -31,11 +32,6 @@ from facecleaner.scoring.measure import (
 )
 from facecleaner.scoring.workarea import WorkArea
 from facecleaner.sources.base import Source
-
-#: Rows of the scores manifest gathered before they are written as one row group, unless they reach
-#: WRITE_BYTES first (a wide extra column).
-WRITE_ROWS = 1 << 20
-WRITE_BYTES = 128 << 20
 
 
 @dataclass
@@ -114,13 +110,15 @@ def merge_parts(area: WorkArea, source: Source, table: pd.DataFrame, class_index
     extras = getattr(source, "extras", None)
 
     def batches() -> Iterator[pa.Table]:
-        columns = _RowStream(extras.batches(WRITE_ROWS)) if extras is not None else None
+        """Parts' rows gathered into tables of about BATCH_BYTES (row groups of a sensible size)."""
+        columns = _RowStream(extras.batches()) if extras is not None else None
         pending: list[pa.Table] = []
         for rows, scores in _part_scores(area, class_index, dominant, votes):
             first, end = int(rows[0]), int(rows[-1]) + 1
             pending.append(scores_table(table.iloc[first:end], class_index[first:end], scores,
                                         columns.take(end - first) if columns is not None else None, first))
-            if sum(t.num_rows for t in pending) >= WRITE_ROWS or sum(t.nbytes for t in pending) >= WRITE_BYTES:
+            held = sum(t.num_rows for t in pending)
+            if held >= rows_per_batch(sum(t.nbytes for t in pending) / held):
                 yield pa.concat_tables(pending)
                 pending = []
         if pending:

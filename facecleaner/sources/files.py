@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from facecleaner.errors import InputError
 from facecleaner.fileio import row_position
+from facecleaner.manifests.io import ROW_GROUP_ROWS, open_stream
 from facecleaner.sources.base import BASE_COLUMNS, no_rec_index
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff", ".gif"})
@@ -74,18 +75,18 @@ class ExtraColumns:
         self.path = path
         self.names = names
 
-    def batches(self, rows: int) -> Iterator[pa.Table]:
-        """The extra columns of consecutive rows, ``rows`` at a time (the last batch may be shorter)."""
+    def batches(self) -> Iterator[pa.Table]:
+        """The extra columns of consecutive rows, in batches of about BATCH_BYTES (a Parquet input) or slices of
+        the whole columns (a CSV, whose column types come from the whole file)."""
         if self.path.suffix.lower() == ".parquet":
-            reader = pq.ParquetFile(self.path)
+            reader, rows = open_stream(self.path)
             for batch in reader.iter_batches(batch_size=rows, columns=self.names):
                 yield pa.Table.from_batches([batch])
             return
-        # A CSV's column types come from the whole file: read once, then handed out in slices.
         frame = _read_csv_manifest(self.path, usecols=self.names)[self.names]
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        for start in range(0, table.num_rows, rows):
-            yield table.slice(start, rows)
+        for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+            yield table.slice(start, ROW_GROUP_ROWS)
 
 
 def open_identity_folders(root: Path) -> FileSource:
