@@ -531,7 +531,15 @@ def test_outputs_are_published_together_and_stamped(scene: Scene, tmp_path: Path
     for name, meta in metas.items():
         assert meta["rows"] == pq.read_metadata(tmp_path / name).num_rows, name
     assert metas["s.parquet"]["rows"] == IMAGES and metas["s.classes.parquet"]["rows"] == len(CLASSES)
-    assert np.load(embeddings).shape == (IMAGES, 16)
+    published = np.load(embeddings)
+    assert published.shape == (IMAGES, 16) and np.abs(published).sum(axis=1).min() > 0
+    # The published embeddings are a second name of the work area's array, which is whole after the crash:
+    # --resume finishes from the work area alone, to the same embeddings.
+    result = score_cli(scene, scene.manifest, out, "--embeddings", embeddings, "--resume", "--json")
+    assert_ok(result)
+    assert json.loads(result.stdout)["resumed"] == IMAGES
+    assert np.array_equal(np.load(embeddings), published)
+    assert not work_area(out).exists()
 
 
 # --- 14 and 15: the abort message and the options' ranges ----------------------------------------------------------

@@ -172,12 +172,15 @@ class WorkArea:
                 yield {name: part[name] for name in names}  # each access reads the file
 
     def take_embeddings(self, path: Path) -> None:
-        """Move the finished embeddings array to ``path`` (copied when that is on another file system)."""
+        """Give the finished embeddings array the name ``path`` too (a hard link; a copy when ``path`` is on
+        another file system): the work area keeps its own name for it until the run is over, so a crash while the
+        outputs are published loses nothing that ``--resume`` needs."""
         source = self.folder / EMBEDDINGS_FILE
+        path.unlink(missing_ok=True)  # a temporary made for it by the caller
         try:
-            os.replace(source, path)
+            os.link(source, path)
         except OSError as exc:
-            if exc.errno != errno.EXDEV:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
                 raise
             shutil.copyfile(source, path)
 
