@@ -63,14 +63,6 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def gather_objects(self, value: Any) -> list[Any] | None:
-        """Every rank's ``value`` in rank order on rank 0 (None elsewhere)."""
-        if not self.enabled:
-            return [value]
-        out: list[Any] | None = [None] * self.world if self.is_main else None
-        dist.gather_object(value, out, dst=0)
-        return out
-
     def all_gather_objects(self, value: Any) -> list[Any]:
         if not self.enabled:
             return [value]
