@@ -466,3 +466,18 @@ def test_cli_refusals(scene: Scene, tmp_path: Path) -> None:
     assert_ok(result)
     assert "facecleaner eval" in result.stdout.split("Example:", 1)[1]
     assert "eval" in invoke("--help").stdout
+
+
+def test_a_relative_pairs_file_and_root_find_their_images(scene: Scene, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths resolve once against a root given relative to the working directory (the pairs file's folder by
+    default): every image is read, none twice joined to its root."""
+    relative = [str(p.relative_to(scene.root)) for p in scene.images]
+    pd.DataFrame({"path1": relative[:4], "path2": relative[4:8], "same": ["1", "0", "1", "0"]}).to_csv(
+        scene.root / "rel_pairs.csv", index=False)
+    monkeypatch.chdir(scene.root.parent)
+    pairs = read_pairs(Path(scene.root.name) / "rel_pairs.csv", Path(scene.root.name))
+    resolved = [pairs.images.resolved_path(index) for index in range(8)]
+    assert sorted(resolved) == sorted(str(scene.root / given) for given in relative[:8])
+    for index, path in enumerate(resolved):
+        assert pairs.images.read_bytes(index) == Path(path).read_bytes()

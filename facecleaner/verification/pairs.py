@@ -177,7 +177,7 @@ class _ImageIndex:
         table = pd.DataFrame({"path": pd.array(self.given, dtype="string"),
                               "rec_index": pd.array([None] * count, dtype="Int64"),
                               "label": pd.array([None] * count, dtype="string")})
-        return FileSource(table, list(self.index), description, self.root)
+        return FileSource(table, self.given, description, self.root)  # joined to the root when read
 
 
 def read_csv(path: Path, root: Path) -> Pairs:
