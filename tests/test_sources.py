@@ -390,3 +390,22 @@ def test_a_forked_worker_reads_every_path_without_copying_them(tmp_path: Path) -
     grown = _growth_in_a_fork(source.resolved_path)
     assert control > 20 << 20, control  # the measurement sees a copy where there is one
     assert grown < 8 << 20, grown
+
+
+def test_a_fingerprint_recorded_by_an_older_facecleaner_still_matches(tmp_path: Path) -> None:
+    """Runs record the input's fingerprint; one recorded before it was hashed from Arrow buffers (pandas' hash of
+    each column as text, computed here as that version did) is still recognised, and a changed input is not."""
+    import hashlib
+
+    from facecleaner.sources.base import matches_fingerprint, table_fingerprint
+
+    pq.write_table(pa.table({"path": ["a/1.png", "b/2.png", None], "label": [7, 8, 7]}), tmp_path / "m.parquet")
+    table = open_manifest(tmp_path / "m.parquet").table()
+    digest = hashlib.sha256()
+    for column in ("path", "rec_index", "label"):
+        digest.update(pd.util.hash_pandas_object(table[column].astype("string"), index=False).to_numpy().tobytes())
+    older = digest.hexdigest()[:16]
+    assert older != table_fingerprint(table)
+    assert matches_fingerprint(table, older) and matches_fingerprint(table, table_fingerprint(table))
+    changed = table.assign(label=pd.array([7, 8, 8], dtype="Int64"))
+    assert not matches_fingerprint(changed, older) and not matches_fingerprint(changed, table_fingerprint(table))

@@ -32,6 +32,7 @@ from facecleaner.fileio import atomic_output, check_distinct
 from facecleaner.manifests.io import manifest_metadata, read_metadata
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, table_fingerprint
+from facecleaner.sources.base import matches_fingerprint
 from facecleaner.sources.labels import encode_labels
 
 FOLDS_FILE = "folds.json"
@@ -144,7 +145,7 @@ def score_folds(run_dir: str | Path, data: str | Path, out: str | Path, embeddin
     record = json.loads((run_dir / FOLDS_FILE).read_text())
     assignment = np.load(run_dir / ASSIGNMENT_FILE, allow_pickle=False)
     table = open_source(data).table()
-    if table_fingerprint(table) != record["input_fingerprint"]:
+    if not matches_fingerprint(table, record["input_fingerprint"]):
         raise InputError(f"{data} is not the dataset the folds of {run_dir} were drawn from",
                          "held-out scores need the data the folds were trained on; score that DATA")
     work = out.with_name(out.name + WORK_SUFFIX)

@@ -20,11 +20,12 @@ from facecleaner.errors import CheckpointError, FaceCleanerError, InputError, In
 from facecleaner.fileio import atomic_output, check_distinct, recover_outputs
 from facecleaner.progress import logger
 from facecleaner.sources import open_source, table_fingerprint
-from facecleaner.sources.base import SubsetSource
+from facecleaner.sources.base import SubsetSource, matches_fingerprint
 from facecleaner.sources.labels import encode_labels
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
     from facecleaner.scoring.health import Health
     from facecleaner.sources import Source
@@ -103,7 +104,7 @@ def _train(data: str | Path, run_dir: Path, config: TrainConfig, resume: bool, p
                          "processes the head is sharded over", "run on fewer processes (torchrun --nproc-per-node)")
     fingerprint = table_fingerprint(table)
     if resume:
-        resolved = _resumed_config(data, run_dir, config, given, fingerprint, len(table), len(classes))
+        resolved = _resumed_config(data, run_dir, config, given, table, fingerprint, len(classes))
     else:
         resolved = resolve(config, len(table), len(classes))
         if world.enabled and config.lr is None:  # the default LR follows the global batch (batch_size × world)
@@ -151,18 +152,18 @@ def _guard(run_dir: Path, source: Source, class_index: np.ndarray, config: Train
 
 
 def _resumed_config(data: str | Path, run_dir: Path, asked: TrainConfig, given: Collection[str] | None,
-                    fingerprint: str, samples: int, classes: int) -> TrainConfig:
+                    table: pd.DataFrame, fingerprint: str, classes: int) -> TrainConfig:
     """The run's saved settings with ``asked``'s epochs, once the data and the settings asked for match it."""
     config_file = run_dir / CONFIG_FILE
     try:
         saved = json.loads(config_file.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{run_dir} has no readable {CONFIG_FILE}", "start a new run in another --out") from exc
-    if saved.get("input_fingerprint") != fingerprint:
+    if not matches_fingerprint(table, saved.get("input_fingerprint"), fingerprint):
         raise CheckpointError(f"{data} is not the dataset {run_dir} was trained on",
                               "resume with the same DATA, or start a new run in another --out")
     saved_config = load_config(config_file)
-    conflicts = resume_conflicts(asked, saved_config, samples, classes, given)
+    conflicts = resume_conflicts(asked, saved_config, len(table), classes, given)
     if conflicts:
         raise InputError(f"--resume with settings that differ from {config_file}: {', '.join(conflicts)}",
                          "give no settings but --epochs (the only one that may change), or start a new run in "

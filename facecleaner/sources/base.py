@@ -84,6 +84,18 @@ def table_fingerprint(table: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def matches_fingerprint(table: pd.DataFrame, recorded: object, fingerprint: str | None = None) -> bool:
+    """Whether a run's ``recorded`` fingerprint is this table's (``fingerprint``, when already computed): today's
+    hash, or the one facecleaner computed before it hashed Arrow buffers, so that a run started by an older
+    version still resumes (and is recorded again with today's)."""
+    if recorded == (fingerprint or table_fingerprint(table)):
+        return True
+    digest = hashlib.sha256()  # the older hash: pandas' per-value hash of each column as text
+    for column in BASE_COLUMNS:
+        digest.update(pd.util.hash_pandas_object(table[column].astype("string"), index=False).to_numpy().tobytes())
+    return recorded == digest.hexdigest()[:16]
+
+
 def _as_text(column: pd.Series) -> pa.ChunkedArray:
     """A table column as Arrow large strings (64-bit offsets), nulls kept."""
     arrow = pa.array(column, from_pandas=True)
