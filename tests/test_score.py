@@ -626,3 +626,32 @@ def test_many_small_parts_and_row_groups_stream_into_the_same_manifest(scene: Sc
     stored = np.load(embeddings)
     np.testing.assert_allclose(stored[readable], scene.unit[:count][readable], atol=2e-3)
     assert not stored[~readable].any()
+
+
+def test_embedding_rows_are_written_where_they_belong(tmp_path: Path) -> None:
+    """Each process writes its rows of the embeddings .npy with plain writes at their offsets (no shared memory
+    map): runs of consecutive rows, in any order, land exactly there and leave every other row as it was."""
+    from facecleaner.scoring.workarea import EmbeddingRows
+
+    path = tmp_path / "e.npy"
+    store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(10, 3))
+    del store
+    rows = EmbeddingRows(path)
+    values = np.arange(30, dtype=np.float16).reshape(10, 3) + 1
+    rows.write(np.array([7, 8, 2, 3, 4]), values[[7, 8, 2, 3, 4]])
+    rows.write(np.array([0]), values[[0]])
+    rows.sync()
+    expected = np.zeros((10, 3), dtype=np.float16)
+    expected[[0, 2, 3, 4, 7, 8]] = values[[0, 2, 3, 4, 7, 8]]
+    assert np.array_equal(np.load(path), expected)
+
+
+def test_a_work_area_that_lost_its_embeddings_is_refused_on_resume(scene: Scene, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    out, embeddings = tmp_path / "s.parquet", tmp_path / "e.npy"
+    interrupt_after(monkeypatch, 6)
+    score_cli(scene, scene.manifest, out, "--batch-size", 3, "--embeddings", embeddings, "-q")
+    monkeypatch.undo()
+    (work_area(out) / "embeddings.npy").unlink()
+    assert_error(score_cli(scene, scene.manifest, out, "--batch-size", 3, "--embeddings", embeddings, "--resume",
+                           "-q"), "has lost its embeddings.npy", "without --resume")

@@ -113,7 +113,7 @@ def score(run_dir: str | Path, data: str | Path, out: str | Path, batch_size: in
     remaining = sorted(set(range(math.ceil(count / batch_size))) - set(finished))
     first, end = distributed.shard_range(len(remaining), world.world, world.rank)
     mine = remaining[first:end]
-    writer = area.writer(batches_per_part(batch_size, len(mine)))
+    writer = area.writer(batches_per_part(batch_size, len(mine)), embeddings is not None)
     try:
         measured = measure_batches(model.backbone, model.head, DecodedImages(source, spec.image_size), class_index,
                                    torch_device, chosen_precision, [batch_rows(b, batch_size, count) for b in mine],

@@ -14,8 +14,8 @@ it. The manifest is always made from these files, so a resumed run writes what a
   published atomically. Under torchrun every rank writes its own and rank 0 reads them all, one at a time, so
   the folder of ``--out`` must be one that every rank sees.
 - ``embeddings.npy`` (with ``--embeddings``) is the final float16 array, made whole (zeros) when the run starts:
-  each rank writes its own rows into it, flushed before the part that names them is published, and the finished
-  run moves it into place. No embedding ever travels between ranks.
+  each rank writes its own rows into it (plain writes, never a shared map), synced before the part that names
+  them is published, and the finished run links it into place. No embedding ever travels between ranks.
 - The work area is not a temporary: only a finished run, or a fresh run (without ``--resume``), removes it.
 """
 
@@ -147,11 +147,14 @@ class WorkArea:
                 done.update(range(int(match[1]), int(match[2])))
         return sorted(done)
 
-    def writer(self, batches_per_part: int) -> PartWriter:
+    def writer(self, batches_per_part: int, embeddings: bool) -> PartWriter:
         """This process's writer of parts (and of its rows of the embeddings, when they are kept)."""
         path = self.folder / EMBEDDINGS_FILE
-        store = np.load(path, mmap_mode="r+") if path.is_file() else None
-        return PartWriter(self.folder, batches_per_part, store)
+        if embeddings and not path.is_file():
+            raise FaceCleanerError(f"the work area {self.folder} has lost its {EMBEDDINGS_FILE} (or this process "
+                                   "cannot see it)", "run the same command without --resume to start over; under "
+                                   "torchrun on several machines --out must be on a filesystem they all share")
+        return PartWriter(self.folder, batches_per_part, EmbeddingRows(path) if embeddings else None)
 
     def _parts(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if _PART.fullmatch(p.name))
@@ -188,11 +191,39 @@ class WorkArea:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class EmbeddingRows:
+    """One process's writes into the work area's embeddings array: each run of consecutive rows is one ``pwrite``
+    at its byte offset. Never a shared memory map: on NFS a write through a map writes whole pages back, with the
+    rows of another rank that share the page as this process last read them (zeros)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "r+b", buffering=0)  # noqa: SIM115 - held for the writer's life
+        version = np.lib.format.read_magic(self._file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(self._file)
+        self._start = self._file.tell()
+        self._dtype = dtype
+        self._row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+
+    def write(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Put ``values[i]`` into row ``rows[i]``."""
+        values = np.ascontiguousarray(values, dtype=self._dtype)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for first, end in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
+            offset = self._start + int(rows[first]) * self._row_bytes
+            os.pwrite(self._file.fileno(), values[first:end].tobytes(), offset)
+
+    def sync(self) -> None:
+        """Make the rows written so far durable (before the part that names them is published)."""
+        os.fsync(self._file.fileno())
+
+
 class PartWriter:
     """Collects consecutive batches and publishes them as one part every ``batches_per_part`` batches; with a
     ``store`` (the work area's embeddings array), writes each batch's embeddings into their rows."""
 
-    def __init__(self, folder: Path, batches_per_part: int, store: np.ndarray | None = None) -> None:
+    def __init__(self, folder: Path, batches_per_part: int, store: EmbeddingRows | None = None) -> None:
         self.folder = folder
         self.batches_per_part = batches_per_part
         self.store = store
@@ -202,7 +233,7 @@ class PartWriter:
         if self._pending and batch != self._pending[-1][0] + 1:
             self.flush()  # a part holds consecutive batches only
         if self.store is not None and measurements.embeddings is not None:
-            self.store[measurements.rows] = measurements.embeddings
+            self.store.write(measurements.rows, measurements.embeddings)
         self._pending.append((batch, measurements))
         if len(self._pending) >= self.batches_per_part:
             self.flush()
@@ -212,7 +243,7 @@ class PartWriter:
         if not self._pending:
             return
         if self.store is not None:
-            self.store.flush()
+            self.store.sync()
         first, end = self._pending[0][0], self._pending[-1][0] + 1
         parts = [m.arrays() for _, m in self._pending]
         arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
