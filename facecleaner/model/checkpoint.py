@@ -204,11 +204,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Values checked at a time: a head of millions of identities, mapped from model.pt, is never copied whole.
+_CHECK_BLOCK = 1 << 24
+
+
+def _non_finite(tensor: torch.Tensor) -> int:
+    """How many values of ``tensor`` are NaN or infinite, counted a block at a time."""
+    flat = tensor.detach().reshape(-1)
+    return sum(int((~torch.isfinite(block)).sum()) for block in flat.split(_CHECK_BLOCK))
+
+
 def check_finite_weights(tensors: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
     """Refuse weights holding NaN or infinity (a diverged training): every embedding from them would be NaN.
     ``what`` names the model in the error ("the model in run/"), ``fix`` says what to do instead."""
-    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in tensors.items()
-           if t.is_floating_point() and not torch.isfinite(t).all()}
+    bad = {name: count for name, t in tensors.items() if t.is_floating_point() and (count := _non_finite(t))}
     if bad:
         raise CheckpointError(f"{what} has {sum(bad.values())} non-finite weights "
                               f"(in {', '.join(list(bad)[:3])}{', …' if len(bad) > 3 else ''})",
