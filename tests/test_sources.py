@@ -409,3 +409,12 @@ def test_a_fingerprint_recorded_by_an_older_facecleaner_still_matches(tmp_path: 
     assert matches_fingerprint(table, older) and matches_fingerprint(table, table_fingerprint(table))
     changed = table.assign(label=pd.array([7, 8, 8], dtype="Int64"))
     assert not matches_fingerprint(changed, older) and not matches_fingerprint(changed, table_fingerprint(table))
+
+
+def test_a_csv_row_with_too_many_fields_is_refused_when_opened(tmp_path: Path) -> None:
+    """Only path and label are kept from a CSV manifest, but the whole file is read when it is opened, so a
+    malformed row is refused then, naming its line, not when the scores are written hours later."""
+    path = tmp_path / "m.csv"
+    path.write_text("path,label,x\na.jpg,1,2\nb.jpg,2,3,4\n")
+    with pytest.raises(InputError, match="Expected 3 fields in line 3, saw 4"):
+        open_manifest(path)

@@ -158,9 +158,12 @@ def open_manifest(path: Path) -> FileSource:
             _require_columns(path, names)
             frame = pq.read_table(path, columns=["path", "label"]).to_pandas(types_mapper=_nullable_types)
         else:
-            names = [str(c) for c in _read_csv_manifest(path, nrows=0).columns]
+            # Read whole, as a row with too many fields is refused only then; the extras are dropped here and
+            # read again when the scores are written (CSV is not the format of the largest sets).
+            frame = _read_csv_manifest(path)
+            names = [str(c) for c in frame.columns]
             _require_columns(path, names)
-            frame = _read_csv_manifest(path, usecols=["path", "label"])
+            frame = frame[["path", "label"]].copy()
             frame["label"] = _integer_if_canonical(frame["label"])
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"cannot read manifest {path}: {exc}".splitlines()[0],
