@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -199,3 +200,15 @@ def test_parquet_writer_sizes_row_groups_by_the_first_tables_bytes(tmp_path, mon
     with io.parquet_writer(tmp_path / "narrow.parquet", narrow.schema, {}) as write:
         write(narrow)
     assert row_groups(tmp_path / "narrow.parquet") == [n]  # 2,400 bytes: under the budget
+
+
+def test_a_stream_sizes_its_batches_by_the_decoded_width(tmp_path: Path) -> None:
+    """A repetitive wide string column is small in the file (dictionary-encoded) but wide once decoded: the
+    stream's batches are sized by the decoded width, so they stay near the byte budget."""
+    text = "x" * 2000
+    rows = 20_000
+    pq.write_table(pa.table({"note": [text] * rows, "n": np.arange(rows)}), tmp_path / "rep.parquet")
+    assert io.parquet_bytes_per_row(pq.read_metadata(tmp_path / "rep.parquet")) < 100  # what the footer says
+    _, batch_rows = io.open_stream(tmp_path / "rep.parquet")
+    # the decoded bytes (text, its offset, the integer), not the footer's: 16K rows of 32 MiB, not 1M
+    assert batch_rows == pytest.approx(io.rows_per_batch(2000 + 4 + 8), rel=0.01)

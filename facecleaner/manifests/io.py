@@ -65,7 +65,11 @@ def open_stream(path: Path) -> tuple[pq.ParquetFile, int]:
     columns near BATCH_BYTES. Pre-buffering is off: it would read every row group's columns before the first
     batch (the whole file, 6 GB for a 12M-row manifest with a 128-d column)."""
     source = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
-    return source, rows_per_batch(parquet_bytes_per_row(source.metadata))
+    # The file's sizes are encoded ones: a repetitive string column is far wider once decoded, so a first small
+    # batch is decoded too, and the wider of the two estimates taken.
+    first = next(source.iter_batches(batch_size=MIN_BATCH_ROWS), None)
+    decoded = first.nbytes / first.num_rows if first is not None and first.num_rows else 0.0
+    return source, rows_per_batch(max(parquet_bytes_per_row(source.metadata), decoded))
 
 
 def parquet_bytes_per_row(metadata: pq.FileMetaData) -> float:
