@@ -1,5 +1,6 @@
-"""Helpers shared by the test modules: the CLI run in-process, its exit-code checks, and an independent
-struct-level RecordIO reader (written from the format description, not from facecleaner's reader)."""
+"""Helpers shared by the test modules: the CLI run in-process, its exit-code checks, the bit-for-bit comparison of
+two runs' models, and an independent struct-level RecordIO reader (written from the format description, not from
+facecleaner's reader)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import struct
 from pathlib import Path
 
+import torch
 from click.testing import CliRunner, Result
 
 from facecleaner.cli import main
@@ -39,6 +41,16 @@ def assert_error(result: Result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def assert_same_weights(expected: Path, actual: Path) -> None:
+    """The two runs' model.pt hold the same backbone and head, bit for bit."""
+    one = torch.load(expected / "model.pt", weights_only=True)
+    two = torch.load(actual / "model.pt", weights_only=True)
+    for part in ("backbone", "head"):
+        assert one[part].keys() == two[part].keys()
+        for name, value in one[part].items():
+            assert torch.equal(value, two[part][name]), (part, name)
 
 
 def read_records(rec: Path, idx: Path) -> dict[int, tuple[int, tuple[float, ...], float, bytes]]:

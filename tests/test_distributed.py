@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import assert_same_weights
 
 from facecleaner import api
 from facecleaner.config import TrainConfig
@@ -388,7 +389,7 @@ def test_two_rank_train_score_and_resume_across_worlds(tmp_path: Path) -> None:
         assert resumed["epochs"] == 2
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
         assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    assert_same_model(tmp_path / "run2", old)
+    assert_same_weights(tmp_path / "run2", old)
 
     # The 1-process run resumed on 2 ranks: one more epoch, a final model.pt in the one-process format.
     assert len((tmp_path / "run1" / "metrics.jsonl").read_text().splitlines()) == 2
@@ -406,21 +407,12 @@ def test_two_rank_train_score_and_resume_across_worlds(tmp_path: Path) -> None:
     unpublished = set(head_files(crashed)) - set(checkpoint["shards"]["files"])
     assert len(unpublished) == 2 and all(name.startswith("checkpoint.head-2-0-") for name in unpublished)
     _torchrun(tmp_path, "train", str(data), str(crashed), "2", "resume")
-    assert_same_model(tmp_path / "straight", crashed)
+    assert_same_weights(tmp_path / "straight", crashed)
     assert head_files(crashed) == torch.load(crashed / "checkpoint.pt", weights_only=True)["shards"]["files"]
 
 
 def head_files(run: Path) -> list[str]:
     return sorted(p.name for p in run.glob("checkpoint.head-*"))
-
-
-def assert_same_model(expected: Path, actual: Path) -> None:
-    one = torch.load(expected / "model.pt", weights_only=True)
-    two = torch.load(actual / "model.pt", weights_only=True)
-    for part in ("backbone", "head"):
-        assert one[part].keys() == two[part].keys()
-        for name, value in one[part].items():
-            assert torch.equal(value, two[part][name]), (part, name)
 
 
 def as_old_format(run: Path) -> None:

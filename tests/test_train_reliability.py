@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_error, assert_ok, invoke
+from helpers import assert_error, assert_ok, assert_same_weights, invoke
 from PIL import Image
 
 from facecleaner import api, fileio
@@ -143,15 +143,6 @@ def one_error_line(err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
-
-
-def assert_same_weights(expected: Path, actual: Path) -> None:
-    one = torch.load(expected / "model.pt", weights_only=True)
-    two = torch.load(actual / "model.pt", weights_only=True)
-    for part in ("backbone", "head"):
-        assert one[part].keys() == two[part].keys()
-        for name, value in one[part].items():
-            assert torch.equal(value, two[part][name]), (part, name)
 
 
 def metric_epochs(run: Path) -> list[int]:
