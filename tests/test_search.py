@@ -19,6 +19,15 @@ def unit_rows(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
+def random_scene(seed: int, num_classes: int, per_class: int, dim: int,
+                 samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random unit sub-centers (C, K, D), unit embeddings (B, D) and their classes, drawn in that order."""
+    rng = np.random.default_rng(seed)
+    subcenters = unit_rows(rng, num_classes, per_class, dim)
+    embeddings = unit_rows(rng, samples, dim)
+    return subcenters, embeddings, rng.integers(0, num_classes, size=samples)
+
+
 def other_class_cosines(embeddings: np.ndarray, subcenters: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """float64 brute force: (B, C) max cosine over each class's sub-centers, the own class at -inf."""
     per_class = np.einsum("bd,ckd->bck", embeddings, subcenters).max(axis=2)
@@ -37,10 +46,7 @@ def search(subcenters: np.ndarray, embeddings: np.ndarray, classes: np.ndarray,
 @pytest.mark.parametrize("chunk_classes", [7, 64, 1000])
 @pytest.mark.parametrize("candidates", [1, 8])
 def test_fp32_search_matches_float64_brute_force(per_class: int, chunk_classes: int, candidates: int) -> None:
-    rng = np.random.default_rng(per_class)
-    subcenters = unit_rows(rng, 300, per_class, 32)
-    embeddings = unit_rows(rng, 100, 32)
-    classes = rng.integers(0, 300, size=100)
+    subcenters, embeddings, classes = random_scene(per_class, 300, per_class, 32, 100)
     # Half the samples sit on one of their own sub-centers, so the own class is the nearest and must be skipped.
     embeddings[:50] = subcenters[classes[:50], per_class - 1]
     reference = other_class_cosines(embeddings, subcenters, classes)
@@ -75,10 +81,7 @@ def test_fewer_other_classes_than_candidates() -> None:
 
 
 def test_bf16_candidates_rescored_give_the_fp32_answer_without_near_ties() -> None:
-    rng = np.random.default_rng(5)
-    subcenters = unit_rows(rng, 2000, 3, 64)
-    embeddings = unit_rows(rng, 200, 64)
-    classes = rng.integers(0, 2000, size=200)
+    subcenters, embeddings, classes = random_scene(5, 2000, 3, 64, 200)
     reference = other_class_cosines(embeddings, subcenters, classes)
     # The docstring's guarantee holds where fewer than M=8 other classes lie within 2ε of the best (the best
     # itself counted, at most 8 in that band): nearly every sample, even with the worst-case ε.
@@ -121,10 +124,7 @@ def test_single_class_in_chunks_has_no_other_class() -> None:
 
 def test_rescored_cosines_stay_fp32_under_autocast() -> None:
     # Autocast turns the candidate matmul into bf16; the rescoring must still give fp32 cosines.
-    rng = np.random.default_rng(6)
-    subcenters = unit_rows(rng, 50, 3, 32)
-    embeddings = unit_rows(rng, 20, 32)
-    classes = rng.integers(0, 50, size=20)
+    subcenters, embeddings, classes = random_scene(6, 50, 3, 32, 20)
     reference = other_class_cosines(embeddings, subcenters, classes)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         found, cosine = search(subcenters, embeddings, classes, precision="fp32")
