@@ -6,7 +6,7 @@ other class; the dominant sub-center vote needs every sample, so angles to it ar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +21,7 @@ from facecleaner.model.runtime import autocast, eval_mode, place_backbone
 from facecleaner.progress import progress_bar
 from facecleaner.scoring.angles import dominant_subcenters, own_class_cosines, to_degrees
 from facecleaner.scoring.search import OtherClassSearch
+from facecleaner.sources.base import arrow_column
 from facecleaner.sources.dataset import DecodedImages, batch_loader
 
 #: The reason recorded for a sample whose embedding (or an angle from it) is NaN or infinite, e.g. an overflow.
@@ -44,6 +45,11 @@ class Measurements:
         return cls(np.zeros(count, dtype=bool), np.full(count, "", dtype=object),
                    np.full((count, subcenters), np.nan, dtype=np.float32), np.full(count, -1, dtype=np.int32),
                    np.full(count, np.nan, dtype=np.float32), np.zeros(count, dtype=bool))
+
+    @classmethod
+    def of_part(cls, part: Mapping[str, np.ndarray]) -> Measurements:
+        """The measurements of one saved part's own rows (:meth:`BatchMeasurements.arrays`, as saved)."""
+        return cls(**{name: part[name] for name in MEASURED})
 
     def fill(self, part: Mapping[str, np.ndarray]) -> None:
         """Put the arrays of some batches (:meth:`BatchMeasurements.arrays`, as saved) into their rows."""
@@ -181,17 +187,9 @@ def angles_to(measurements: Measurements, classes: np.ndarray, dominant: np.ndar
     return Scores(nearest_subcenters(measurements), dominant, votes, angle, angle_nearest, angle_other, measurements)
 
 
-def label_column(labels: pd.Series) -> pa.ChunkedArray:
+def label_column(labels: pd.Series) -> pa.Array:
     """A source's labels as the manifests store them: int64 when they are integers, else string."""
-    return _arrow(labels, lambda type_: pa.int64() if pa.types.is_integer(type_) else pa.string())
-
-
-def _arrow(column: pd.Series, wanted: Callable[[pa.DataType], pa.DataType]) -> pa.Array:
-    """A pandas column as one Arrow array of type ``wanted(its type)``; cast as an Array, since casting a
-    ChunkedArray of large strings to strings is hundreds of times slower (pyarrow 26)."""
-    array = pa.array(column, from_pandas=True)
-    array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-    return array.cast(wanted(array.type))
+    return arrow_column(labels, lambda type_: pa.int64() if pa.types.is_integer(type_) else pa.string())
 
 
 def scores_table(source_table: pd.DataFrame, classes: np.ndarray, scores: Scores, extras: pa.Table | None = None,
@@ -213,8 +211,8 @@ def scores_table(source_table: pd.DataFrame, classes: np.ndarray, scores: Scores
     texts = pa.array([STATUS_OK, *(f"unreadable: {r}" for r in reasons.tolist())], type=pa.string())
     columns = {
         "sample_id": pa.array(np.arange(first_row, first_row + len(ok), dtype=np.int64)),
-        "path": _arrow(source_table["path"], lambda _: pa.string()),
-        "rec_index": _arrow(source_table["rec_index"], lambda _: pa.int64()),
+        "path": arrow_column(source_table["path"], lambda _: pa.string()),
+        "rec_index": arrow_column(source_table["rec_index"], lambda _: pa.int64()),
         "label": label,
         "class_index": pa.array(classes.astype(np.int32)),
         "nearest_subcenter": pa.array(scores.nearest, mask=~ok),

@@ -21,7 +21,6 @@ from facecleaner.manifests.io import rows_per_batch
 from facecleaner.manifests.schema import STATUS_OK
 from facecleaner.scoring.angles import dominant_subcenters
 from facecleaner.scoring.measure import (
-    MEASURED,
     NON_FINITE,
     Measurements,
     Scores,
@@ -85,7 +84,7 @@ def tally(area: WorkArea, count: int) -> Tally:
     resized = 0
     for part in area.parts():
         rows = part["rows"]
-        measured = Measurements(**{name: part[name] for name in MEASURED})
+        measured = Measurements.of_part(part)
         readable[rows] = measured.readable
         nearest[rows] = nearest_subcenters(measured)
         bad = np.flatnonzero(~measured.readable)
@@ -132,7 +131,7 @@ def _part_scores(area: WorkArea, class_index: np.ndarray, dominant: np.ndarray,
     """Each part's rows (consecutive, ascending) and their scores under the vote."""
     for part in area.parts():
         rows = part["rows"]
-        measured = Measurements(**{name: part[name] for name in MEASURED})
+        measured = Measurements.of_part(part)
         yield rows, angles_to(measured, class_index[rows], dominant, votes)
 
 
