@@ -173,13 +173,6 @@ def check_kind(path: Path, meta: dict[str, Any], kind: str) -> None:
                          "rerun the step that wrote it with this version")
 
 
-def read_manifest(path: Path, kind: str, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, Any]]:
-    """Read a manifest of the expected ``kind`` (e.g. "scores") that facecleaner wrote, checking the version."""
-    meta = read_metadata(path)
-    check_kind(path, meta, kind)
-    return pq.read_table(path, columns=columns), meta
-
-
 def is_csv(path: Path) -> bool:
     return Path(path).suffix.lower() == ".csv"
 
